@@ -1,0 +1,108 @@
+"""The diffusion maths against diffusers' schedulers as an oracle."""
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from ddpmlab.config import ConfigError, DiffusionConfig
+from ddpmlab.diffusion import (PerImageNoise, Schedule, ddim, ddpm, make_schedule, make_timesteps, q_sample, q_step)
+
+
+def same_tables(ref):
+    """Our Schedule over diffusers' own float32 tables, so the sampler maths is compared alone
+    (the tables are compared in test_schedule_matches_diffusers; float32 vs float64 cumprod
+    differences would otherwise be amplified over 1000 steps)."""
+    return Schedule(ref.betas.double(), ref.alphas_cumprod.double())
+
+
+def dummy_eps(x, t):
+    """A deterministic, t-dependent stand-in for a network."""
+    return torch.tanh(x * 0.7 + torch.sin(t.float()[:, None, None, None] / 100.0))
+
+
+@pytest.mark.parametrize("kind,name", [("linear", "linear"), ("cosine", "squaredcos_cap_v2")])
+def test_schedule_matches_diffusers(kind, name):
+    ours = make_schedule(DiffusionConfig(schedule=kind))
+    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule=name)
+    torch.testing.assert_close(ours.betas.float(), ref.betas, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.alphas_cumprod.float(), ref.alphas_cumprod, atol=1e-5, rtol=1e-4)
+
+
+def test_closed_form_noising_equals_iterated_noising():
+    s = make_schedule()
+    x0 = torch.rand(2000, 1, 2, 2) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    x = x0.double()
+    for t in range(300):
+        x = q_step(s, x, t, torch.randn(x.shape, generator=g, dtype=torch.float64))
+    # iterated chain: same distribution as the closed form, x_t ~ N(sqrt(abar) x0, 1 - abar)
+    a = s.alphas_cumprod[299]
+    resid = (x - a.sqrt() * x0.double()) / (1 - a).sqrt()
+    assert abs(resid.mean().item()) < 0.03 and abs(resid.std().item() - 1) < 0.03
+    # and composing the deterministic part: product of sqrt(1 - beta) is sqrt(abar)
+    torch.testing.assert_close(torch.prod((1 - s.betas[:300]).sqrt()), a.sqrt())
+    xt = q_sample(s, x0, torch.full((2000,), 299), torch.zeros_like(x0))
+    torch.testing.assert_close(xt, (a.sqrt() * x0.double()).float())
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("steps", [1000, 50])
+def test_ddpm_trajectory_matches_diffusers(schedule, steps):
+    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear" if schedule == "linear" else "squaredcos_cap_v2",
+                        clip_sample=True, variance_type="fixed_small", timestep_spacing="trailing")
+    ours = same_tables(ref)
+    ref.set_timesteps(steps)
+    ts = make_timesteps(1000, steps)
+    assert ts == ref.timesteps.tolist()
+    x_ref = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    traj_ref = []
+    for t in ref.timesteps:
+        x_ref = ref.step(dummy_eps(x_ref, t.expand(4)), t, x_ref, generator=g).prev_sample
+        traj_ref.append(x_ref)
+    g = torch.Generator().manual_seed(2)
+    traj = []
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    ddpm(dummy_eps, ours, x, ts, noise=lambda shape: torch.randn(shape, generator=g),
+         callback=lambda i, t, xt, x0: traj.append(xt))
+    assert len(traj) == len(traj_ref)
+    for a, b in zip(traj, traj_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("steps", [10, 50, 100])
+def test_ddim_trajectory_matches_diffusers(eta, steps):
+    ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True,
+                        timestep_spacing="trailing", set_alpha_to_one=True)
+    ours = same_tables(ref)
+    ref.set_timesteps(steps)
+    ts = make_timesteps(1000, steps)
+    assert ts == ref.timesteps.tolist()
+    x_ref = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    traj_ref = []
+    for t in ref.timesteps:
+        x_ref = ref.step(dummy_eps(x_ref, t.expand(4)), t, x_ref, eta=eta, generator=g).prev_sample
+        traj_ref.append(x_ref)
+    # diffusers also draws (unused) noise at the last step; ours draws only where it is used
+    g = torch.Generator().manual_seed(2)
+    traj = []
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    ddim(dummy_eps, ours, x, ts, eta=eta, noise=lambda shape: torch.randn(shape, generator=g),
+         callback=lambda i, t, xt, x0: traj.append(xt))
+    for a, b in zip(traj, traj_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_timesteps_bounds():
+    assert make_timesteps(1000, 1) == [999]
+    assert make_timesteps(1000, 1000) == list(range(999, -1, -1))
+    for bad in (0, 1001, -3):
+        with pytest.raises(ConfigError, match="between 1 and 1000"):
+            make_timesteps(1000, bad)
+
+
+def test_per_image_noise_independent_of_batch():
+    a = PerImageNoise([5, 6, 7])((3, 1, 4, 4))
+    b = PerImageNoise([6])((1, 1, 4, 4))
+    torch.testing.assert_close(a[1:2], b)
