@@ -1,0 +1,187 @@
+"""Command line: a thin layer over the Python API. Bad input is a one-line error, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from . import config as C
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    pass
+
+
+def parse_set(items: list[str]) -> dict:
+    """`--set key=value` overrides of the model config, typed by the field's default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(C.ModelConfig)}
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in defaults:
+            raise C.ConfigError(f"--set {item!r}: expected key=value with key one of: {', '.join(defaults)}")
+        d = defaults[key]
+        try:
+            if isinstance(d, bool):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("true", "1")
+            elif isinstance(d, tuple):
+                out[key] = tuple(int(v) for v in value.split(","))
+            else:
+                out[key] = type(d)(value)
+        except ValueError:
+            raise C.ConfigError(f"--set {key}={value!r}: expected a {type(d).__name__}") from None
+    return out
+
+
+def cmd_presets(args) -> None:
+    from .models import build_model, count_parameters
+    for name, p in C.PRESETS.items():
+        n = count_parameters(build_model(p.model))
+        print(f"{name:16s} {n / 1e6:7.2f}M params  {p.description}")
+
+
+def cmd_data(args) -> None:
+    from .data import verify_fashion_mnist
+    d, counts = verify_fashion_mnist(args.data_dir)
+    print(f"FashionMNIST: {d} (SHA-256 verified; {counts['train']} train, {counts['test']} test images)")
+
+
+def cmd_train(args) -> None:
+    from .train import make_run_config, train
+    out = args.out or f"runs/{args.preset}"
+    overrides = {k: v for k, v in dict(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps, seed=args.seed,
+        device=args.device, precision=args.precision, cond_drop=args.cond_drop, subset=args.subset,
+        data_dir=args.data_dir, snapshot_steps=args.snapshot_steps, channels_last=args.channels_last).items()
+        if v is not None}
+    if args.resume:
+        if args.set:
+            raise C.ConfigError("--set cannot change the model of a run being resumed")
+        result = train(out, resume=True, progress=not args.quiet, **overrides)
+    else:
+        rc = make_run_config(args.preset, parse_set(args.set), **overrides)
+        if args.dry_run:
+            import json
+            print(json.dumps(rc.to_json(), indent=2))
+            return
+        result = train(out, rc, progress=not args.quiet)
+    state = "finished" if result["finished"] else "stopped (resume with --resume)"
+    print(f"{out}: {state} after {result['steps']} steps, {result['epochs']} epochs")
+
+
+def _check_steps(steps: int) -> None:
+    if steps < 1:
+        raise C.ConfigError(f"--steps must be >= 1, got {steps}")
+
+
+def cmd_sample(args) -> None:
+    from .sample import load_run, sample, save_grid, save_npz
+    _check_steps(args.steps)
+    run = load_run(args.run, device=args.device)
+    if args.labels is not None and args.labels != "all":
+        raise C.ConfigError(f"--labels {args.labels!r}: valid: all")
+    labels = "all" if args.labels == "all" else args.label
+    x, y = sample(run, args.n, labels=labels, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                  seed=args.seed)
+    grid = args.grid or (None if args.npz else f"{run.path}/samples/sample.png")
+    if grid:
+        save_grid(run, x, y, grid)
+        print(f"grid: {grid}")
+    if args.npz:
+        save_npz(args.npz, x, y)
+        print(f"npz: {args.npz} ({x.shape[0]} images{', labelled' if y is not None else ''})")
+
+
+def cmd_process(args) -> None:
+    from .sample import load_run, process
+    _check_steps(args.steps)
+    run = load_run(args.run, device=args.device)
+    out = args.out or f"{run.path}/process.png"
+    process(run, out, label=args.label, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
+    print(f"process figure: {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ddpmlab", description="Train, sample, visualise and evaluate small diffusion models.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("presets", help="list the presets with parameter counts").set_defaults(fn=cmd_presets)
+
+    p = sub.add_parser("data", help="find (or fetch) FashionMNIST and verify it")
+    p.add_argument("--data-dir")
+    p.set_defaults(fn=cmd_data)
+
+    p = sub.add_parser("train", help="train a preset")
+    p.add_argument("--preset", default="resnet-class", help=f"one of: {', '.join(C.PRESETS)}")
+    p.add_argument("--out", help="run directory (default runs/PRESET)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--max-steps", type=int, help="stop after N optimiser steps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--channels-last", choices=("auto", "on", "off"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--cond-drop", type=float, help="null-label probability for classifier-free guidance")
+    p.add_argument("--subset", type=int, help="train on the first N images only")
+    p.add_argument("--data-dir")
+    p.add_argument("--snapshot-steps", type=int, help="DDIM steps of the per-epoch snapshots (0 = none)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. channels=32")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_train)
+
+    def sampling_flags(p, steps=50):
+        p.add_argument("run", help="run directory or shipped model name")
+        p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim"))
+        p.add_argument("--steps", type=int, default=steps)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+
+    p = sub.add_parser("sample", help="draw samples: a grid and/or an .npz")
+    sampling_flags(p)
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--label", type=int, help="class to draw (default: cycle all classes)")
+    p.add_argument("--labels", help="'all': cycle the labels 0..K-1")
+    p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight (0 = conditional)")
+    p.add_argument("--grid")
+    p.add_argument("--npz")
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("process", help="the generation-process figure")
+    sampling_flags(p)
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--label", type=int)
+    p.add_argument("--out")
+    p.set_defaults(fn=cmd_process)
+    return ap
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    from .data import DataError
+    from .run import RunError
+    from .train import TrainingDiverged, TrainingInterrupted
+    try:
+        args.fn(args)
+    except (C.ConfigError, DataError, RunError) as e:
+        print(f"ddpmlab: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingDiverged as e:
+        print(f"ddpmlab: training diverged: {e}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as e:
+        print(f"ddpmlab: {e}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Draw a network's samples: grids, per-epoch snapshots and the generation-process figure.
+
+Used by `train` (snapshots, final figures) and by `sample` / `process`; sits between the
+diffusion core and the trainer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import plots
+from .config import ConfigError
+from .diffusion import PerImageNoise, Schedule, generate, make_timesteps
+from .data import FASHION_CLASSES
+
+
+def class_names(num_classes: int) -> tuple:
+    return FASHION_CLASSES if num_classes == 10 else tuple(str(k) for k in range(num_classes))
+
+
+def make_labels(num_classes: int, n: int, label: int | None = None, all_labels: bool = False):
+    """Labels for n samples: None for an unconditional model; `label` for all; or 0..K-1 cycling
+    so every class gets an equal share (default for a conditional model)."""
+    if num_classes == 0:
+        if label is not None:
+            raise ConfigError("this model is unconditional: --label/--labels do not apply")
+        return None
+    if label is not None and not all_labels:
+        if not 0 <= label < num_classes:
+            raise ConfigError(f"label {label} is outside 0..{num_classes - 1}; valid: 0..{num_classes - 1} or --labels all")
+        return torch.full((n,), label, dtype=torch.long)
+    return torch.arange(n) % num_classes
+
+
+def sample(model, schedule: Schedule, cfg, n: int, *, labels=None, seed: int = 0, sampler: str = "ddim",
+           steps: int = 50, guidance: float = 0.0, eta=None, device="cpu", callback=None) -> torch.Tensor:
+    """n images in [-1, 1]; image i uses seed (seed, i) whatever batch it is drawn in."""
+    if guidance and not cfg.num_classes:
+        raise ConfigError("--guidance needs a class-conditional model")
+    seeds = [seed * 1_000_003 + i for i in range(n)]
+    return generate(model, schedule, (cfg.in_channels, cfg.image_size, cfg.image_size), seeds=seeds,
+                    labels=labels, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+                    null_label=cfg.num_classes, callback=callback, device=device)
+
+
+def sample_grid(model, schedule, cfg, path, *, per_class: int = 10, seed: int = 0, **kw) -> torch.Tensor:
+    """One row per class for a conditional model, else an 8x8 grid."""
+    if cfg.num_classes:
+        k = cfg.num_classes
+        labels = torch.arange(k).repeat_interleave(per_class)
+        x = sample(model, schedule, cfg, k * per_class, labels=labels, seed=seed, **kw)
+        plots.save_grid(x, path, ncol=per_class, row_labels=class_names(k))
+    else:
+        x = sample(model, schedule, cfg, 64, seed=seed, **kw)
+        plots.save_grid(x, path, ncol=8)
+    return x
+
+
+def snapshots(model, schedule, cfg, snap_dir: Path, epoch: int, *, per_class: int, steps: int,
+              seed: int, device="cpu") -> torch.Tensor:
+    """Per-epoch snapshots from noise fixed for the whole run: snapshots/epoch{E}-class{K}.png
+    (unconditional: epoch{E}.png). Returns the samples (K*per_class, C, H, W)."""
+    if cfg.num_classes:
+        k = cfg.num_classes
+        labels = torch.arange(k).repeat_interleave(per_class)
+        # the same seeds for every class: differences between rows come from the label alone
+        seeds = [seed * 1_000_003 + 777_000 + i for i in range(per_class)] * k
+    else:
+        k, labels = 1, None
+        seeds = [seed * 1_000_003 + 777_000 + i for i in range(4 * per_class)]
+    x = generate(model, schedule, (cfg.in_channels, cfg.image_size, cfg.image_size), seeds=seeds,
+                 labels=labels, sampler="ddim", steps=steps, null_label=cfg.num_classes, device=device)
+    if cfg.num_classes:
+        for c in range(k):
+            plots.save_strip(x[c * per_class:(c + 1) * per_class], snap_dir / f"epoch{epoch}-class{c}.png")
+    else:
+        plots.save_strip(x, snap_dir / f"epoch{epoch}.png", ncol=per_class)
+    return x
+
+
+def process_figure(model, schedule, cfg, path, *, n: int = 4, label: int | None = None, seed: int = 0,
+                   sampler: str = "ddim", steps: int = 50, columns: int = 10, device="cpu", **kw) -> None:
+    """Rows: samples; columns: x_t at ~`columns` evenly spaced steps from pure noise to the end,
+    each with the predicted x0 beneath it."""
+    labels = make_labels(cfg.num_classes, n, label)
+    ts = make_timesteps(schedule.T, steps)
+    show = {round(i * (len(ts) - 1) / (columns - 2)) for i in range(columns - 1)}
+    frames = []
+    seeds = [seed * 1_000_003 + i for i in range(n)]
+    state = {"x": PerImageNoise(seeds)((n, cfg.in_channels, cfg.image_size, cfg.image_size))}  # x_T
+
+    def keep(_, i, t, x_next, x0):
+        # the sampler reports x0 predicted from x_t and the x it steps to; show the pair (x_t, x0)
+        if i in show:
+            frames.append((t, state["x"], x0.float().cpu()))
+        state["x"] = x_next.float().cpu()
+
+    final = sample(model, schedule, cfg, n, labels=labels, seed=seed, sampler=sampler, steps=steps,
+                   device=device, callback=keep, **kw)
+    frames.append((-1, final, final))
+    names = None if labels is None else [class_names(cfg.num_classes)[k] for k in labels.tolist()]
+    plots.plot_process(frames, path, row_labels=names)

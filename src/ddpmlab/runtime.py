@@ -1,0 +1,69 @@
+"""Device, precision and file-safety choices, made once so the training loop has no branches."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto = CUDA, then MPS, then CPU; an unavailable explicit choice is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available; valid here: auto, cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps: MPS is not available; valid here: auto, cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {name!r}; valid: auto, cpu, cuda, mps")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX). Without it, oneDNN
+    emulates bf16 and autocast is ~10x slower than fp32 (measured on an AVX2 EPYC:
+    resnet-noise 13.4 img/s fp32 vs 1.4 img/s bf16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"unknown precision {name!r}; valid: auto, fp32, bf16")
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32"
+
+
+def resolve_channels_last(name: str, device: torch.device) -> bool:
+    """channels_last pays on CPU (oneDNN NHWC kernels) and on CUDA tensor cores."""
+    return {"on": True, "off": False}.get(name, device.type in ("cpu", "cuda"))
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """write(tmp_path) then rename over path, so a crash never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,291 @@
+"""The trainer: the write-up's recipe, checkpointed for exact resume.
+
+Adam at 1e-3, ReduceLROnPlateau halving the rate after 3 epochs without improvement of the
+epoch loss (floor 1e-4), batch 64, EMA of the weights (buffers included) for sampling. The
+whole dataset sits on the device as uint8; batches are drawn by index from a seeded
+permutation. All randomness comes from two generators whose states are checkpointed, so
+2 epochs + resume + 2 epochs gives the same weights as 4 epochs.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import config as C
+from . import plots, render
+from .data import ImageSet, load_dataset, to_model_range
+from .diffusion import loss_fn, make_schedule
+from .models import build_model, count_parameters
+from .run import RunConfig, load_config, read_metrics, save_config, save_weights, load_weights
+from .runtime import atomic_write, autocast, resolve_channels_last, resolve_device, resolve_precision
+
+log = logging.getLogger("ddpmlab.train")
+SAVE_EVERY_S = 600       # also checkpoint mid-epoch every 10 minutes: long CPU epochs lose little
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class TrainingInterrupted(RuntimeError):
+    pass
+
+
+def make_run_config(preset: str, model_overrides: dict | None = None, **train_overrides) -> RunConfig:
+    """A preset, then `key=value` overrides of its model, then of the training settings."""
+    p = C.get_preset(preset)
+    model = C.from_dict(C.ModelConfig, {**C.to_dict(p.model), **(model_overrides or {})})
+    train = C.from_dict(C.TrainConfig, {**C.to_dict(C.TrainConfig()), **p.train,
+                                       **{k: v for k, v in train_overrides.items() if v is not None}})
+    return RunConfig(preset, model, p.diffusion, train)
+
+
+class EMA:
+    """Exponential moving average of parameters; buffers (BatchNorm statistics) are copied."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))   # warm-up: early samples are not the init
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - d)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+class Trainer:
+    def __init__(self, run_dir, rc: RunConfig, data: ImageSet | None = None, progress: bool = True):
+        self.run_dir = Path(run_dir)
+        self.rc = rc
+        tc = rc.train
+        self.device = resolve_device(tc.device)
+        self.precision = resolve_precision(tc.precision, self.device)
+        self.channels_last = resolve_channels_last(tc.channels_last, self.device)
+        self.progress = progress
+        torch.manual_seed(tc.seed)   # model initialisation
+
+        data = data if data is not None else load_dataset(tc.data, tc.data_dir)
+        data = data.subset(tc.subset)
+        if rc.model.num_classes and data.num_classes != rc.model.num_classes:
+            raise C.ConfigError(f"preset {rc.preset} needs {rc.model.num_classes} classes, data has {data.num_classes}")
+        self.class_names = data.class_names
+        self.images = data.images.to(self.device)                           # (N, C, H, W) uint8
+        self.labels = data.labels.to(self.device) if data.labels is not None else None
+        self.batch = min(tc.batch_size, len(data))
+        self.batches_per_epoch = len(data) // self.batch                    # the last partial batch is dropped
+
+        self.schedule = make_schedule(rc.diffusion)
+        self.model = build_model(rc.model).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model, tc.ema_decay)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience, min_lr=tc.min_lr)
+        self.gen = torch.Generator(self.device).manual_seed(tc.seed)        # t, noise, label dropout
+        self.perm_gen = torch.Generator().manual_seed(tc.seed + 1)          # epoch permutations
+        # position
+        self.step = 0
+        self.epoch = 0                  # epochs completed
+        self.batch_pos = 0              # batches done in the current epoch
+        self.perm = None
+        self.epoch_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.interrupted = False
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos, "perm": self.perm,
+                "epoch_loss_sum": self.epoch_loss_sum.cpu(), "optimizer": self.opt.state_dict(),
+                "plateau": self.plateau.state_dict(), "gen": self.gen.get_state(),
+                "perm_gen": self.perm_gen.get_state()}
+
+    def save(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.run_dir, self.rc)
+        save_weights(self.model, self.run_dir / "model.safetensors")
+        save_weights(self.ema.model, self.run_dir / "ema.safetensors")
+        state = self.state_dict()
+        atomic_write(self.run_dir / "state.pt", lambda p: torch.save(state, p))
+        self.last_save = time.monotonic()
+
+    def load(self) -> None:
+        load_weights(self.model, self.run_dir / "model.safetensors")
+        load_weights(self.ema.model, self.run_dir / "ema.safetensors")
+        s = torch.load(self.run_dir / "state.pt", weights_only=False)
+        self.step, self.epoch, self.batch_pos, self.perm = s["step"], s["epoch"], s["batch_pos"], s["perm"]
+        self.epoch_loss_sum = s["epoch_loss_sum"].to(self.device)
+        self.opt.load_state_dict(s["optimizer"])
+        self.plateau.load_state_dict(s["plateau"])
+        self.gen.set_state(s["gen"])
+        self.perm_gen.set_state(s["perm_gen"])
+        # drop log lines written after this checkpoint (a crash between log and save)
+        kept = [m for m in read_metrics(self.run_dir) if m.get("step", 0) <= self.step]
+        text = "".join(json.dumps(m) + "\n" for m in kept)
+        atomic_write(self.run_dir / "metrics.jsonl", lambda p: p.write_text(text))
+
+    # ------------------------------------------------------------------ logging
+    def log_metrics(self, **m) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(m) + "\n")
+
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
+    # ------------------------------------------------------------------ the loop
+    def train_step(self, idx: torch.Tensor) -> torch.Tensor:
+        x0 = to_model_range(self.images[idx])                               # (B, C, H, W) in [-1, 1]
+        if self.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        label = None
+        if self.labels is not None and self.rc.model.num_classes:
+            label = self.labels[idx]
+            if self.rc.train.cond_drop > 0:   # classifier-free guidance: null label at random
+                drop = torch.rand(label.shape, device=self.device, generator=self.gen) < self.rc.train.cond_drop
+                label = torch.where(drop, self.rc.model.num_classes, label)
+        with autocast(self.device, self.precision):
+            loss = loss_fn(self.model, self.schedule, x0, label, self.gen)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.ema.update(self.model, self.step)
+        return loss.detach()
+
+    def check_finite(self, value: float) -> None:
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"loss became {value} at step {self.step} (epoch {self.epoch + 1}); stopped without saving, "
+                f"the last good checkpoint in {self.run_dir} is kept; try a lower --lr or --precision fp32")
+
+    def fit(self) -> dict:
+        tc = self.rc.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.run_dir, self.rc)
+        self.last_save = time.monotonic()
+        total = tc.epochs * self.batches_per_epoch
+        if tc.max_steps:
+            total = min(total, tc.max_steps)
+        log.info("run %s: preset %s, %d parameters, %d images, device %s, precision %s, channels_last %s",
+                 self.run_dir, self.rc.preset, count_parameters(self.model), len(self.images),
+                 self.device, self.precision, self.channels_last)
+        bar = tqdm(total=total, initial=min(self.step, total), disable=not self.progress, unit="step",
+                   dynamic_ncols=True, desc=self.rc.preset)
+        previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            finished = self._loop(bar, total)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            bar.close()
+        if self.interrupted:
+            self.save()
+            raise TrainingInterrupted(f"interrupted at step {self.step}; saved, continue with --resume")
+        self.save()
+        self.finish_figures()
+        return {"steps": self.step, "epochs": self.epoch, "finished": finished}
+
+    def _on_sigint(self, *_):
+        if self.interrupted:   # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.interrupted = True
+
+    def _loop(self, bar, total) -> bool:
+        tc = self.rc.train
+        window, window_n, t_window = torch.zeros((), device=self.device), 0, time.perf_counter()
+        while self.epoch < tc.epochs:
+            if self.batch_pos == 0:
+                self.perm = torch.randperm(len(self.images), generator=self.perm_gen)
+                self.epoch_loss_sum.zero_()
+                self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0
+            elif not hasattr(self, "epoch_t0"):
+                self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0
+            perm = self.perm.to(self.device)
+            self.model.train()
+            while self.batch_pos < self.batches_per_epoch:
+                if tc.max_steps and self.step >= tc.max_steps:
+                    return False
+                if self.interrupted:
+                    return False
+                idx = perm[self.batch_pos * self.batch:(self.batch_pos + 1) * self.batch]
+                loss = self.train_step(idx)
+                self.step += 1
+                self.batch_pos += 1
+                self.epoch_loss_sum += loss
+                window += loss
+                window_n += 1
+                self.epoch_imgs += self.batch
+                bar.update(1)
+                if window_n == tc.log_every or self.batch_pos == self.batches_per_epoch:
+                    value = window.item() / window_n        # the one host sync per window
+                    self.check_finite(value)
+                    now = time.perf_counter()
+                    ips = window_n * self.batch / (now - t_window)
+                    self.log_metrics(kind="step", step=self.step, epoch=self.epoch + 1, loss=value,
+                                     lr=self.lr(), img_per_s=round(ips, 2))
+                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.lr():.1e}", img_s=f"{ips:.0f}")
+                    window.zero_()
+                    window_n, t_window = 0, time.perf_counter()
+                    if time.monotonic() - self.last_save > SAVE_EVERY_S:
+                        self.save()
+            self.end_epoch()
+            t_window = time.perf_counter()   # snapshot time does not count as training time
+        return True
+
+    def end_epoch(self) -> None:
+        epoch_loss = self.epoch_loss_sum.item() / self.batches_per_epoch
+        self.check_finite(epoch_loss)
+        seconds = time.perf_counter() - self.epoch_t0
+        self.plateau.step(epoch_loss)
+        self.epoch += 1
+        self.batch_pos = 0
+        self.log_metrics(kind="epoch", step=self.step, epoch=self.epoch, loss=epoch_loss, lr=self.lr(),
+                         img_per_s=round(self.epoch_imgs / seconds, 2), seconds=round(seconds, 1))
+        log.info("epoch %d: loss %.4f, lr %.1e, %.1f img/s", self.epoch, epoch_loss, self.lr(),
+                 self.epoch_imgs / seconds)
+        del self.epoch_t0
+        tc = self.rc.train
+        if tc.snapshot_steps:
+            render.snapshots(self.ema.model, self.schedule, self.rc.model, self.run_dir / "snapshots",
+                             self.epoch, per_class=tc.snapshot_per_class, steps=tc.snapshot_steps,
+                             seed=tc.seed, device=self.device)
+        self.save()
+        plots.plot_loss(read_metrics(self.run_dir), self.run_dir / "loss.png", title=f"{self.rc.preset}: training loss")
+
+    def finish_figures(self) -> None:
+        """Loss curve, a final sample grid and the generation process, from the EMA weights."""
+        tc = self.rc.train
+        plots.plot_loss(read_metrics(self.run_dir), self.run_dir / "loss.png", title=f"{self.rc.preset}: training loss")
+        steps = max(tc.snapshot_steps, 10)
+        render.sample_grid(self.ema.model, self.schedule, self.rc.model, self.run_dir / "samples" / "grid.png",
+                           per_class=8, seed=tc.seed, steps=steps, device=self.device)
+        render.process_figure(self.ema.model, self.schedule, self.rc.model, self.run_dir / "process.png",
+                              n=4, seed=tc.seed, steps=steps, device=self.device)
+
+
+def train(run_dir, rc: RunConfig | None = None, *, resume: bool = False, data: ImageSet | None = None,
+          progress: bool = True, **overrides) -> dict:
+    """Train a run. resume=True continues run_dir from its checkpoint; `overrides` (e.g.
+    epochs=4, max_steps=None) then replace the saved training settings."""
+    run_dir = Path(run_dir)
+    if resume:
+        if not (run_dir / "state.pt").is_file():
+            raise C.ConfigError(f"--resume: {run_dir} has no checkpoint (state.pt) to resume from")
+        rc = load_config(run_dir)
+        rc.train = C.from_dict(C.TrainConfig, {**C.to_dict(rc.train), **overrides})
+    elif rc is None:
+        raise C.ConfigError("train needs a RunConfig (or resume=True)")
+    elif (run_dir / "state.pt").exists():
+        raise C.ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    trainer = Trainer(run_dir, rc, data=data, progress=progress)
+    if resume:
+        trainer.load()
+    return trainer.fit()
