@@ -15,6 +15,9 @@ class CliError(Exception):
     pass
 
 
+_KIND = {int: "an integer", float: "a number", str: "a string"}
+
+
 def parse_set(items: list[str]) -> dict:
     """`--set key=value` overrides of the model config, typed by the field's default."""
     defaults = {f.name: f.default for f in dataclasses.fields(C.ModelConfig)}
@@ -34,7 +37,7 @@ def parse_set(items: list[str]) -> dict:
             else:
                 out[key] = type(d)(value)
         except ValueError:
-            raise C.ConfigError(f"--set {key}={value!r}: expected a {type(d).__name__}") from None
+            raise C.ConfigError(f"--set {key}={value!r}: expected {_KIND.get(type(d), type(d).__name__)}") from None
     return out
 
 

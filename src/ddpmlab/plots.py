@@ -102,7 +102,8 @@ def plot_loss(metrics: list[dict], path, title: str = "") -> None:
     ax.set_ylabel("MSE loss on the noise")
     ax.set_title(title or "training loss (dashed: learning-rate drops)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if steps or epochs:
+        ax.legend(fontsize=8)
     _savefig(fig, path)
 
 

@@ -5,8 +5,9 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig
 from .resnet import ResNet
+from .unet import UNet
 
-ARCHITECTURES = {"resnet": ResNet}
+ARCHITECTURES = {"resnet": ResNet, "unet": UNet}
 
 
 def register_arch(name: str, cls) -> None:

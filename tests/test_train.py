@@ -1,0 +1,142 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddpmlab import cli
+from ddpmlab.config import ConfigError
+from ddpmlab.diffusion import loss_fn, make_schedule
+from ddpmlab.models import build_model
+from ddpmlab.train import Trainer, TrainingDiverged, make_run_config, train
+
+TINY = {"channels": 8, "num_blocks": 2, "time_dim": 16}
+
+
+def tiny_rc(preset="resnet-class", **kw):
+    kw = {"batch_size": 32, "snapshot_steps": 2, "snapshot_per_class": 2, "log_every": 3, "device": "cpu", **kw}
+    return make_run_config(preset, TINY, **kw)
+
+
+def weights(run_dir, name="model"):
+    return load_file(str(run_dir / f"{name}.safetensors"))
+
+
+def assert_same_weights(a, b):
+    for name in ("model", "ema"):
+        wa, wb = weights(a, name), weights(b, name)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), f"{name}:{k} differs"
+
+
+def test_resume_is_bit_identical(tmp_path, fmnist_small):
+    data = fmnist_small.subset(160)
+    train(tmp_path / "full", tiny_rc(epochs=4), data=data, progress=False)
+    train(tmp_path / "split", tiny_rc(epochs=2), data=data, progress=False)
+    train(tmp_path / "split", resume=True, epochs=4, data=data, progress=False)
+    assert_same_weights(tmp_path / "full", tmp_path / "split")
+    # and stopping mid-epoch (--max-steps) then resuming is exact too
+    train(tmp_path / "mid", tiny_rc(epochs=4, max_steps=7), data=data, progress=False)
+    train(tmp_path / "mid", resume=True, max_steps=None, data=data, progress=False)
+    assert_same_weights(tmp_path / "full", tmp_path / "mid")
+    epochs = [m for m in map(json.loads, (tmp_path / "mid" / "metrics.jsonl").read_text().splitlines())
+              if m["kind"] == "epoch"]
+    assert [m["epoch"] for m in epochs] == [1, 2, 3, 4]
+
+
+def test_run_directory_is_complete(tmp_path, fmnist_small):
+    out = tmp_path / "run"
+    train(out, tiny_rc(epochs=1), data=fmnist_small.subset(64), progress=False)
+    for f in ("config.json", "model.safetensors", "ema.safetensors", "state.pt", "metrics.jsonl", "loss.png",
+              "process.png", "samples/grid.png"):
+        assert (out / f).is_file(), f
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == sorted(f"epoch1-class{k}.png" for k in range(10))
+    assert not list(out.rglob("*.tmp"))
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "epoch"} == {m["kind"] for m in metrics}
+    assert all(m["img_per_s"] > 0 and m["lr"] == 1e-3 for m in metrics)
+
+
+def test_training_lowers_the_loss_on_real_images(fmnist_small):
+    torch.manual_seed(0)
+    rc = tiny_rc("resnet-noise")
+    model = build_model(rc.model)
+    sched = make_schedule()
+    x0 = fmnist_small.images[:64].float() / 127.5 - 1
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    losses = []
+    for i in range(60):
+        loss = loss_fn(model, sched, x0, None, torch.Generator().manual_seed(100 + i))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.6 * first, (first, last)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, fmnist_small):
+    out = tmp_path / "run"
+    data = fmnist_small.subset(64)
+    train(out, tiny_rc(epochs=1), data=data, progress=False)
+    good = weights(out)
+    trainer = Trainer(out, tiny_rc(epochs=3, lr=1e30), data=data, progress=False)
+    trainer.load()
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        trainer.fit()
+    after = weights(out)
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def test_refuses_to_overwrite_and_resume_without_checkpoint(tmp_path, fmnist_small):
+    data = fmnist_small.subset(64)
+    train(tmp_path / "r", tiny_rc(epochs=1), data=data, progress=False)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tmp_path / "r", tiny_rc(epochs=1), data=data, progress=False)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train(tmp_path / "nothing", resume=True, data=data)
+
+
+def test_cli_train_sample_process_end_to_end(tmp_path, capsys):
+    out = tmp_path / "R"
+    args = ["train", "--preset", "resnet-class", "--max-steps", "6", "--out", str(out), "--subset", "256",
+            "--batch-size", "32", "--snapshot-steps", "2", "--quiet", "--device", "cpu"]
+    for kv in ("channels=8", "num_blocks=2", "time_dim=16"):
+        args += ["--set", kv]
+    assert cli.main(args) == 0
+    assert cli.main(["sample", str(out), "--labels", "all", "--n", "20", "--steps", "5", "--npz",
+                     str(tmp_path / "s.npz"), "--grid", str(tmp_path / "g.png")]) == 0
+    import numpy as np
+    z = np.load(tmp_path / "s.npz")
+    assert z["arr_0"].shape == (20, 28, 28, 1) and z["arr_0"].dtype == np.uint8
+    assert z["arr_1"].tolist() == [k % 10 for k in range(20)] and z["arr_1"].dtype == np.int64
+    assert (tmp_path / "g.png").stat().st_size > 1000
+    assert cli.main(["process", str(out), "--out", str(tmp_path / "p.png"), "--steps", "10"]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--preset", "nope"], "valid: resnet-basic"),
+    (["train", "--set", "channels=abc"], "expected an integer"),
+    (["train", "--set", "widht=3"], "key one of"),
+    (["train", "--epochs", "0", "--out", "{tmp}/x"], "epochs must be >= 1"),
+    (["sample", "{tmp}"], "not a run directory"),
+    (["sample", "{run}", "--label", "10"], "outside 0..9"),
+    (["sample", "{run}", "--steps", "0"], "--steps must be >= 1"),
+    (["sample", "{run}", "--steps", "1001"], "between 1 and 1000"),
+    (["sample", "{run}", "--labels", "some"], "valid: all"),
+    (["process", "{tmp}/missing"], "not a run directory"),
+])
+def test_bad_arguments_one_line_exit_2(argv, needle, tmp_path, capsys, fmnist_small):
+    run = tmp_path / "run"
+    if "{run}" in argv:
+        train(run, tiny_rc(epochs=1, snapshot_steps=0), data=fmnist_small.subset(32), progress=False)
+        capsys.readouterr()
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(run)) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, err
