@@ -19,7 +19,7 @@ data: install
 	$(DDPMLAB) data
 
 demo: data
-	$(DDPMLAB) train --preset resnet-class --set channels=32 --set num_blocks=6 --max-steps 1200 \
+	$(DDPMLAB) train --preset resnet-class --set channels=32 --set num_blocks=6 --max-steps 500 \
 		--snapshot-steps 20 --out $(DEMO)/resnet-class
 	$(DDPMLAB) sample $(DEMO)/resnet-class --labels all --n 80 --steps 50 --grid $(DEMO)/samples.png --npz $(DEMO)/samples.npz
 	$(DDPMLAB) process $(DEMO)/resnet-class --out $(DEMO)/process.png

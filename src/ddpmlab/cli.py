@@ -109,6 +109,45 @@ def cmd_process(args) -> None:
     print(f"process figure: {out}")
 
 
+def cmd_classifier(args) -> None:
+    from .classifier import PRETRAINED, accuracy, load_classifier, read_info, train_classifier
+    from .data import load_fashion_mnist
+    if args.action == "train":
+        out = args.out or PRETRAINED
+        info = train_classifier(out, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
+                                progress=not args.quiet)
+        print(f"{out}: test accuracy {info['test_acc']:.4f} after {info['epochs']} epochs "
+              f"({info['train_seconds']:.0f}s)")
+    else:
+        path = args.out or PRETRAINED
+        acc = accuracy(load_classifier(path), load_fashion_mnist("test", args.data_dir))
+        print(f"{path}: test accuracy {acc:.4f} on the 10000 FashionMNIST test images "
+              f"(recorded at training: {read_info(path).get('test_acc', '?')})")
+
+
+def cmd_evaluate(args) -> None:
+    import json
+    from pathlib import Path
+    from .evaluate import evaluate_npz, evaluate_run, format_table
+    from .runtime import atomic_write
+    kw = dict(classifier=args.classifier, inception_weights=args.inception_weights)
+    src = Path(args.run_or_npz)
+    if src.suffix == ".npz" or (src.is_file() and src.name != "config.json"):
+        if not src.is_file():
+            raise C.ConfigError(f"{src}: no such file")
+        r = evaluate_npz(src, args.n, sampler=args.sampler, steps=args.steps, guidance=args.guidance, **kw)
+        out = args.out or src.with_suffix(".eval.json")
+    else:
+        steps = 50 if args.steps is None else args.steps
+        _check_steps(steps)
+        r = evaluate_run(args.run_or_npz, 1000 if args.n is None else args.n, sampler=args.sampler or "ddim",
+                         steps=steps, guidance=args.guidance or 0.0, seed=args.seed, device=args.device, **kw)
+        out = args.out or Path(r["source"]) / "eval.json"
+    print(format_table(r))
+    atomic_write(out, lambda p: p.write_text(json.dumps(r, indent=2) + "\n"))
+    print(f"json: {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ddpmlab", description="Train, sample, visualise and evaluate small diffusion models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -163,6 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int)
     p.add_argument("--out")
     p.set_defaults(fn=cmd_process)
+
+    p = sub.add_parser("evaluate", help="sample quality beside its floor on real data (classifier FD, ...)")
+    p.add_argument("run_or_npz", metavar="RUN_OR_NPZ", help="run directory, shipped model name, or .npz of samples")
+    p.add_argument("--n", type=int, help="samples to draw (default 1000) or to read from the .npz (default all)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), help="default ddim")
+    p.add_argument("--steps", type=int, help="default 50")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight (default 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--out", help="JSON file (default RUN/eval.json or NPZ with .eval.json)")
+    p.add_argument("--classifier", help="classifier weights (default: the shipped ones)")
+    p.add_argument("--inception-weights", metavar="FILE",
+                   help="pt_inception-2015-12-05-6726825d.pth: adds Inception FID at 299x299")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("classifier", help="the evaluation classifier: train it, or test it")
+    p.add_argument("action", choices=("train", "test"))
+    p.add_argument("--out", help="weights file (default: the shipped pretrained/classifier.safetensors)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_classifier)
     return ap
 
 

@@ -127,6 +127,27 @@ register(Preset("resnet-class", "+ learned 4-d class embedding concatenated to t
                 _resnet(time_cond=True, spatial=True, num_classes=10, class_dim=4)))
 
 
+def _unet(**kw) -> ModelConfig:
+    # 28 -> 14 -> 7: three levels, two downsamplings; ~9M parameters, ~2 GFLOP per forward
+    return ModelConfig(arch="unet", channels=64, channel_mults=(1, 2, 3), blocks_per_level=2, time_dim=256, **kw)
+
+
+# 10% null labels so classifier-free guidance (`sample --guidance W`) has a trained unconditional
+# branch; `--cond-drop 0` reproduces the write-up, which had no guidance.
+_GUIDED = {"cond_drop": 0.1}
+
+register(Preset("unet-input", "UNet; 4-d class embedding concatenated to the input once (write-up: 2 classes only)",
+                _unet(num_classes=10, class_dim=4, class_cond="input"), train=dict(_GUIDED)))
+register(Preset("unet-cbn", "UNet; the class embedding also feeds the conditional BatchNorms",
+                _unet(num_classes=10, class_dim=4, class_cond="cbn"), train=dict(_GUIDED)))
+register(Preset("unet-block", "UNet; per-block class projection between the two convs, GroupNorm (the fix)",
+                _unet(norm="group", num_classes=10, class_dim=64, class_cond="block"), train=dict(_GUIDED)))
+register(Preset("unet-faces64", "64x64 RGB UNet, GroupNorm + timestep embedding; a folder of faces (--data-dir)",
+                ModelConfig(arch="unet", image_size=64, in_channels=3, channels=96, channel_mults=(1, 2, 3, 4),
+                            blocks_per_level=2, time_dim=512, norm="group"),
+                train={"data": "folder", "epochs": 4}))
+
+
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")

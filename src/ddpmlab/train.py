@@ -74,8 +74,13 @@ class Trainer:
         self.progress = progress
         torch.manual_seed(tc.seed)   # model initialisation
 
-        data = data if data is not None else load_dataset(tc.data, tc.data_dir)
+        data = data if data is not None else load_dataset(tc.data, tc.data_dir, size=rc.model.image_size,
+                                                          channels=rc.model.in_channels)
         data = data.subset(tc.subset)
+        want = (rc.model.in_channels, rc.model.image_size, rc.model.image_size)
+        if tuple(data.images.shape[1:]) != want:
+            raise C.ConfigError(f"preset {rc.preset} takes images {want} (C, H, W), the data ({data.source}) "
+                                f"holds {tuple(data.images.shape[1:])}")
         if rc.model.num_classes and data.num_classes != rc.model.num_classes:
             raise C.ConfigError(f"preset {rc.preset} needs {rc.model.num_classes} classes, data has {data.num_classes}")
         self.class_names = data.class_names

@@ -1,0 +1,58 @@
+"""Training images/s of each preset on this machine, per precision and memory format.
+
+    .venv/bin/python benchmarks/preset_throughput.py [--presets resnet-basic,...] [--steps 8] [--batch 64]
+
+Times full optimiser steps of ddpmlab's own training step (Trainer.train_step) on real
+FashionMNIST batches; prints the median over the timed steps (the first steps are warm-up)
+and the ratio of each setting to fp32/contiguous in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from ddpmlab.config import PRESETS
+from ddpmlab.data import load_fashion_mnist
+from ddpmlab.models import count_parameters
+from ddpmlab.runtime import cpu_has_native_bf16
+from ddpmlab.train import Trainer, make_run_config
+
+
+def time_steps(preset: str, precision: str, channels_last: str, steps: int, batch: int, data) -> float:
+    rc = make_run_config(preset, precision=precision, channels_last=channels_last, batch_size=batch, device="cpu")
+    tr = Trainer("/tmp/ddpmlab-bench", rc, data=data, progress=False)
+    perm = torch.randperm(len(data))
+    times = []
+    for i in range(steps + 2):
+        idx = perm[i * batch:(i + 1) * batch]
+        t0 = time.perf_counter()
+        tr.train_step(idx).item()
+        times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times[2:]), count_parameters(tr.model)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--presets", default=",".join(p for p in PRESETS if p.startswith("resnet")))
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--settings", default="fp32/off,fp32/on,bf16/off,auto/auto")
+    args = ap.parse_args()
+    data = load_fashion_mnist("train").subset(args.batch * (args.steps + 2))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}")
+    settings = [s.split("/") for s in args.settings.split(",")]
+    print(f"{'preset':16s} {'params':>8s} " + " ".join(f"{p + '/' + c:>14s}" for p, c in settings))
+    for preset in args.presets.split(","):
+        ips = []
+        for prec, cl in settings:
+            v, n = time_steps(preset, prec, cl, args.steps, args.batch, data)
+            ips.append(v)
+        row = " ".join(f"{v:7.1f} ({v / ips[0]:4.2f}x)" for v in ips)
+        print(f"{preset:16s} {n / 1e6:7.2f}M {row}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,472 @@
+"""Sample quality, measured in the feature space of the shipped FashionMNIST classifier (SPEC §4).
+
+    >>> r = evaluate_run("runs/resnet-class", n=1000, steps=50)   # sample, then evaluate
+    >>> r = evaluate_npz("samples.npz")                           # arr_0 uint8 (N, 28, 28, 1), arr_1 labels
+    >>> print(format_table(r)); r["fd"], r["fd_floor"], r["cond_acc"], r["mode_collapse"]
+
+Every number stands beside its floor: the same metric for N real *training* images (N = the
+number of samples, class counts matched to the requested labels) against the 10k test images.
+
+- fd: Fréchet distance between Gaussians fitted to the classifier's penultimate features
+  (128-d) of the samples and of the test images (Heusel et al. 2017, eq. in §3; float64,
+  matrix square root by scipy.linalg.sqrtm). Also per requested class, against that class's
+  test images.
+- cond_acc: the fraction of labelled samples that the classifier assigns to their label; compare
+  it with the classifier's accuracy on real test images (`classifier_test_acc`), not with 1.
+- pred_hist / pred_entropy: predicted classes of the samples; entropy in nats (natural log;
+  uniform over 10 classes = ln 10 = 2.303). A collapse to one or two classes shows at once.
+- precision / recall: Kynkäänniemi et al. 2019, k-NN manifolds with k = 3, against N test
+  images (a random subset of the same size, since the manifold radii depend on N).
+- collapsed_classes: requested classes whose samples are mostly (> 50%) classified as other
+  classes (real test images: every class is recognised >= ~75% of the time). missing_classes: classes predicted for under a quarter of a uniform share.
+- mode_collapse: more than 10% of the samples have a near-duplicate among the others, where a
+  near-duplicate is closer in feature space than the 1st percentile of the nearest-neighbour
+  distances among N real test images (so real data sits at ~1% by construction).
+
+Inception FID (299x299, pool3) is added when the user supplies the pt_inception-2015-12-05
+weights file and torch-fidelity can be imported; nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from .classifier import PRETRAINED, load_classifier, predict
+from .config import ConfigError
+from .data import FASHION_CLASSES, load_fashion_mnist, to_uint8
+
+log = logging.getLogger("ddpmlab.evaluate")
+
+K_NN = 3                    # Kynkäänniemi et al. 2019: k = 3
+DUP_PERCENTILE = 1.0        # near-duplicate: closer than the 1st percentile of real NN distances
+MODE_COLLAPSE_FRAC = 0.10   # flag when over 10% of samples have a near-duplicate (real: ~1%)
+COLLAPSED_FRAC = 0.5        # a requested class is collapsed when > 50% go to other classes
+MISSING_SHARE = 0.25        # a class is missing when predicted for < 1/4 of a uniform share
+FLOOR_SEED = 0              # which real images make the floor: fixed, whatever the sampling seed
+NUM_CLASSES = 10
+INCEPTION_HINT = ("Inception FID not computed: pass --inception-weights pt_inception-2015-12-05-6726825d.pth "
+                  "(from the pytorch-fid GitHub releases, tag fid_weights; needs torch-fidelity); "
+                  "the classifier metric below is the default")
+
+
+class SampleFileError(ConfigError):
+    """An .npz of samples that cannot be evaluated; the message says what was expected."""
+
+
+# ---------------------------------------------------------------------------------------------
+# input
+
+def load_samples(path, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """uint8 images (N, 1, 28, 28), int64 labels (N,) or None, and a note on the range assumed.
+    Accepts arr_0 (or `images`) as uint8 0..255, float in [0, 1] or float in [-1, 1], laid
+    out (N, 28, 28, 1) as the guided-diffusion evaluator writes it, or (N, 1, 28, 28)."""
+    path = Path(path)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise SampleFileError(f"{path}: not a readable .npz file ({e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise SampleFileError(f"{path}: a single array, not an .npz; save with np.savez(path, arr_0=images, arr_1=labels)")
+    with z:
+        img_key = next((k for k in ("arr_0", "images") if k in z.files), None)
+        if img_key is None:
+            raise SampleFileError(f"{path} holds no images: expected key arr_0 (or images), found {z.files or 'nothing'}")
+        lab_key = next((k for k in ("arr_1", "labels") if k in z.files), None)
+        try:
+            x = z[img_key]
+            y = z[lab_key] if lab_key else None
+        except ValueError as e:
+            raise SampleFileError(f"{path}: cannot read {img_key}/{lab_key} ({e})") from None
+
+    if x.ndim != 4:
+        raise SampleFileError(f"{path}: {img_key} has shape {x.shape}; expected rank 4, (N, 28, 28, 1)")
+    if x.shape[1:] == (28, 28, 1):
+        x = x.transpose(0, 3, 1, 2)                     # NHWC -> NCHW
+    elif x.shape[1:] != (1, 28, 28):
+        raise SampleFileError(f"{path}: {img_key} has shape {x.shape}; expected 28x28 grey images, "
+                              "(N, 28, 28, 1); the classifier metric is for FashionMNIST only")
+    if x.shape[0] < 2:
+        raise SampleFileError(f"{path}: {x.shape[0]} image(s); the Fréchet distance needs at least 2")
+    images, note = _to_uint8(x, path, img_key)
+
+    labels = None
+    if y is not None:
+        if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise SampleFileError(f"{path}: {lab_key} has shape {y.shape}; expected ({x.shape[0]},), one label per image")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise SampleFileError(f"{path}: {lab_key} has dtype {y.dtype}; expected integer class labels")
+        if y.min() < 0 or y.max() >= NUM_CLASSES:
+            raise SampleFileError(f"{path}: {lab_key} holds labels {y.min()}..{y.max()}; valid: 0..{NUM_CLASSES - 1}")
+        labels = torch.from_numpy(y.astype(np.int64))
+    if n is not None:
+        if n < 2:
+            raise ConfigError(f"--n must be >= 2, got {n}")
+        if n < images.shape[0]:
+            images, labels = images[:n], None if labels is None else labels[:n]
+        elif n > images.shape[0]:
+            note += f"; --n {n} asked but the file holds {images.shape[0]}: all used"
+    return images, labels, note
+
+
+def _to_uint8(x: np.ndarray, path, key) -> tuple[torch.Tensor, str]:
+    if x.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(x)), "uint8 0..255"
+    if np.issubdtype(x.dtype, np.integer):
+        if x.min() < 0 or x.max() > 255:
+            raise SampleFileError(f"{path}: integer {key} in {x.min()}..{x.max()}; expected 0..255")
+        return torch.from_numpy(x.astype(np.uint8)), f"{x.dtype} 0..255"
+    if not np.issubdtype(x.dtype, np.floating):
+        raise SampleFileError(f"{path}: {key} has dtype {x.dtype}; expected uint8 0..255 or float")
+    if not np.isfinite(x).all():
+        raise SampleFileError(f"{path}: {key} holds {np.count_nonzero(~np.isfinite(x))} NaN/inf values")
+    lo, hi, tol = float(x.min()), float(x.max()), 1e-3
+    t = torch.from_numpy(x.astype(np.float32))
+    if lo >= -tol and hi <= 1 + tol:
+        return to_uint8(t * 2 - 1), f"float, assumed [0, 1] (found {lo:.3g}..{hi:.3g})"
+    if lo >= -1 - tol and hi <= 1 + tol:
+        return to_uint8(t), f"float, assumed [-1, 1] (found {lo:.3g}..{hi:.3g})"
+    raise SampleFileError(f"{path}: float {key} in {lo:.3g}..{hi:.3g}; expected [0, 1] or [-1, 1]")
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference: the classifier's view of the 10k test images, computed once per process
+
+class Reference:
+    def __init__(self, weights: Path, device="cpu"):
+        self.weights = weights
+        self.model = load_classifier(weights, device=device)
+        self.sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+        test = load_fashion_mnist("test")
+        self.labels = test.labels.numpy()
+        self.feats, logits = _cached_features(self.model, test.images, f"test-{self.sha[:16]}")
+        self.preds = logits.argmax(1)
+        correct = self.preds == self.labels
+        self.acc = float(correct.mean())
+        self.acc_per_class = [float(correct[self.labels == k].mean()) for k in range(NUM_CLASSES)]
+        self.stats = _gauss(self.feats)
+        self.class_stats = [_gauss(self.feats[self.labels == k]) for k in range(NUM_CLASSES)]
+        self._train = None
+
+    def features(self, images_u8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """float64 features (N, D) and predicted classes (N,)."""
+        f, z = predict(self.model, images_u8)
+        return f.double().numpy(), z.argmax(1).numpy()
+
+    def train_images(self):
+        if self._train is None:
+            self._train = load_fashion_mnist("train")
+        return self._train
+
+
+def eval_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ddpmlab" / "eval"
+
+
+def _cached_features(model, images_u8, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features and logits of a fixed image set, cached on disk by the weights' hash."""
+    path = eval_cache_dir() / f"{key}.npz"
+    try:
+        with np.load(path) as z:
+            return z["feats"].astype(np.float64), z["logits"]
+    except (OSError, KeyError, ValueError):
+        pass
+    f, z = predict(model, images_u8)
+    feats, logits = f.numpy(), z.numpy()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, feats=feats, logits=logits)
+        os.replace(tmp, path)
+    except OSError:                                     # a read-only cache costs time, not results
+        pass
+    return feats.astype(np.float64), logits
+
+
+@lru_cache(maxsize=4)
+def _reference(weights: str, device: str) -> Reference:
+    return Reference(Path(weights), device)
+
+
+def reference(weights=None, device="cpu") -> Reference:
+    """The classifier and the test-set features, computed once per process (and cached on disk)."""
+    return _reference(str(Path(weights) if weights else PRETRAINED), str(device))
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+def _gauss(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return feats.mean(0), np.cov(feats, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al. 2017; Dowson & Landau 1982)."""
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():                  # singular product: regularise, as pytorch-fid does
+        eps = np.eye(sigma1.shape[0]) * 1e-6
+        covmean = scipy.linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean.real))
+
+
+def _fd(feats: np.ndarray, ref: tuple) -> float | None:
+    return frechet_distance(*_gauss(feats), *ref) if feats.shape[0] >= 2 else None
+
+
+def _cdist(a: np.ndarray, b: np.ndarray, chunk: int = 2048):
+    """Row blocks of the Euclidean distance matrix (float64)."""
+    tb = torch.from_numpy(b)
+    for i in range(0, a.shape[0], chunk):
+        yield i, torch.cdist(torch.from_numpy(a[i:i + chunk]), tb)
+
+
+def knn_radii(feats: np.ndarray, k: int = K_NN) -> np.ndarray:
+    """Distance of each point to its k-th nearest neighbour in the same set (itself excluded)."""
+    k = min(k, feats.shape[0] - 1)
+    return np.concatenate([d.kthvalue(k + 1, dim=1).values.numpy() for _, d in _cdist(feats, feats)])
+
+
+def _coverage(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> float:
+    """Fraction of points inside at least one ball (centre, radius)."""
+    r = torch.from_numpy(radii)
+    inside = [((d - r) <= 0).any(1) for _, d in _cdist(points, centres)]
+    return float(torch.cat(inside).double().mean())
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K_NN) -> tuple[float, float]:
+    """Kynkäänniemi et al. 2019: precision = fakes inside the real k-NN manifold, recall =
+    reals inside the fake k-NN manifold."""
+    return (_coverage(fake, real, knn_radii(real, k)), _coverage(real, fake, knn_radii(fake, k)))
+
+
+def nn_distances(feats: np.ndarray) -> np.ndarray:
+    """Each point's distance to its nearest other point."""
+    return np.concatenate([d.kthvalue(2, dim=1).values.numpy() for _, d in _cdist(feats, feats)])
+
+
+def entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+def _floor_indices(train_labels: np.ndarray, n: int, labels: np.ndarray | None, rng) -> np.ndarray:
+    """N training images; with labels, class by class in the same counts as the samples."""
+    if labels is None:
+        return rng.choice(len(train_labels), size=n, replace=n > len(train_labels))
+    idx = []
+    for k, c in enumerate(np.bincount(labels, minlength=NUM_CLASSES)):
+        pool = np.flatnonzero(train_labels == k)
+        idx.append(rng.choice(pool, size=c, replace=c > len(pool)))
+    return np.concatenate(idx)
+
+
+def _side(ref: Reference, feats, preds, labels, real_subset, dup_threshold) -> dict:
+    """All metrics of one image set (samples or the floor) against the test images."""
+    hist = np.bincount(preds, minlength=NUM_CLASSES)
+    precision, recall = precision_recall(real_subset, feats)
+    out = {"fd": _fd(feats, ref.stats), "precision": precision, "recall": recall,
+           "pred_hist": hist.tolist(), "pred_entropy": entropy(hist),
+           "dup_frac": float((nn_distances(feats) < dup_threshold).mean())}
+    if labels is not None:
+        out["per_class_fd"] = [_fd(feats[labels == k], ref.class_stats[k]) for k in range(NUM_CLASSES)]
+        out["cond_acc"] = float((preds == labels).mean())
+        out["cond_acc_per_class"] = [float((preds[labels == k] == k).mean()) if (labels == k).any() else None
+                                     for k in range(NUM_CLASSES)]
+    return out
+
+
+def collapsed_classes(preds: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """Requested classes whose samples are mostly (> 50%) classified as something else, each with
+    the class they most often became."""
+    out = []
+    for k in range(NUM_CLASSES):
+        p = preds[labels == k]
+        if p.size == 0 or (p != k).mean() <= COLLAPSED_FRAC:
+            continue
+        counts = np.bincount(p, minlength=NUM_CLASSES)
+        counts[k] = 0
+        j = int(counts.argmax())
+        out.append({"class": k, "name": FASHION_CLASSES[k], "cond_acc": round(float((p == k).mean()), 4),
+                    "predicted_as": j, "predicted_name": FASHION_CLASSES[j],
+                    "fraction": round(float(counts[j] / p.size), 4)})
+    return out
+
+
+def evaluate_images(images_u8: torch.Tensor, labels: torch.Tensor | None = None, *, source: str = "",
+                    sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
+                    seed: int | None = None, input_range: str = "uint8 0..255", classifier=None,
+                    inception_weights=None, device="cpu") -> dict:
+    """Every metric of samples (N, 1, 28, 28) uint8 beside its floor. See the module docstring."""
+    t0 = time.time()
+    if images_u8.dim() != 4 or tuple(images_u8.shape[1:]) != (1, 28, 28) or images_u8.dtype != torch.uint8:
+        raise ConfigError(f"expected uint8 images (N, 1, 28, 28), got {images_u8.dtype} {tuple(images_u8.shape)}")
+    n = images_u8.shape[0]
+    if n < 2:
+        raise ConfigError(f"{n} image(s); the Fréchet distance needs at least 2")
+    ref = reference(classifier, device)
+    y = None if labels is None else labels.cpu().numpy().astype(np.int64)
+    if y is not None and (y.shape != (n,) or y.min() < 0 or y.max() >= NUM_CLASSES):
+        raise ConfigError(f"labels must be ({n},) in 0..{NUM_CLASSES - 1}")
+
+    rng = np.random.default_rng(FLOOR_SEED)
+    train = ref.train_images()
+    floor_idx = _floor_indices(train.labels.numpy(), n, y, rng)
+    real_subset = ref.feats[rng.choice(len(ref.feats), size=min(n, len(ref.feats)), replace=False)]
+    dup_threshold = float(np.percentile(nn_distances(real_subset), DUP_PERCENTILE))
+
+    feats, preds = ref.features(images_u8)
+    floor_feats, floor_preds = ref.features(train.images[torch.from_numpy(floor_idx)])
+    floor_y = None if y is None else train.labels.numpy()[floor_idx]
+    s = _side(ref, feats, preds, y, real_subset, dup_threshold)
+    f = _side(ref, floor_feats, floor_preds, floor_y, real_subset, dup_threshold)
+
+    missing = [k for k in range(NUM_CLASSES) if s["pred_hist"][k] < MISSING_SHARE * n / NUM_CLASSES]
+    result = {
+        "source": str(source), "n": n, "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed,
+        "input_range": input_range, "labelled": y is not None,
+        "classifier": {"weights": str(ref.weights), "sha256": ref.sha, "feature_dim": int(ref.feats.shape[1])},
+        "classifier_test_acc": ref.acc, "classifier_test_acc_per_class": ref.acc_per_class,
+        "class_names": list(FASHION_CLASSES),
+        "fd": s["fd"], "fd_floor": f["fd"],
+        "per_class_fd": s.get("per_class_fd"), "per_class_fd_floor": f.get("per_class_fd"),
+        "cond_acc": s.get("cond_acc"), "cond_acc_per_class": s.get("cond_acc_per_class"),
+        "pred_hist": s["pred_hist"], "pred_hist_floor": f["pred_hist"],
+        "pred_entropy": s["pred_entropy"], "pred_entropy_floor": f["pred_entropy"],
+        "entropy_unit": "nats (natural log; uniform over 10 classes = ln 10 = 2.3026)",
+        "precision": s["precision"], "recall": s["recall"],
+        "precision_floor": f["precision"], "recall_floor": f["recall"], "pr_k": K_NN,
+        "dup_frac": s["dup_frac"], "dup_frac_floor": f["dup_frac"], "dup_threshold": dup_threshold,
+        "collapsed_classes": collapsed_classes(preds, y) if y is not None else [],
+        "missing_classes": missing,
+        "mode_collapse": s["dup_frac"] > MODE_COLLAPSE_FRAC,
+        "inception_fid": None, "inception_fid_floor": None, "inception_note": INCEPTION_HINT,
+    }
+    if inception_weights:
+        result.update(inception_fid(images_u8, train.images[torch.from_numpy(floor_idx)], inception_weights,
+                                    device=device))
+    result["seconds"] = round(time.time() - t0, 2)
+    return result
+
+
+def evaluate_npz(path, n: int | None = None, **kw) -> dict:
+    images, labels, note = load_samples(path, n)
+    return evaluate_images(images, labels, source=str(path), input_range=note, **kw)
+
+
+def evaluate_run(run, n: int = 1000, *, sampler: str = "ddim", steps: int = 50, guidance: float = 0.0,
+                 seed: int = 0, device: str = "auto", **kw) -> dict:
+    """Draw n samples from a run (labels cycling 0..9 when conditional) and evaluate them."""
+    from .sample import load_run, sample
+    loaded = run if hasattr(run, "model") else load_run(run, device=device)    # a LoadedRun or a path
+    cfg = loaded.config.model
+    if (cfg.image_size, cfg.in_channels) != (28, 1) or cfg.num_classes not in (0, NUM_CLASSES):
+        raise ConfigError(f"{loaded.path}: makes {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} images with "
+                          f"{cfg.num_classes} classes; the classifier metric is for FashionMNIST (28x28 grey, 10 classes)")
+    if n < 2:
+        raise ConfigError(f"--n must be >= 2, got {n}")
+    t0 = time.time()
+    x, y = sample(loaded, n, labels="all", sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    sample_s = time.time() - t0
+    r = evaluate_images(to_uint8(x.cpu()), y, source=str(loaded.path), sampler=sampler, steps=steps,
+                        guidance=guidance, seed=seed, input_range="sampled in [-1, 1], quantised to uint8",
+                        device=loaded.device, **kw)
+    r["sampling_seconds"] = round(sample_s, 1)
+    return r
+
+
+# ---------------------------------------------------------------------------------------------
+# Inception FID, only with a user-supplied weights file
+
+def inception_fid(images_u8: torch.Tensor, floor_u8: torch.Tensor, weights, device="cpu") -> dict:
+    """FID with InceptionV3 pool3 features at 299x299 (torch-fidelity's TF-compatible port),
+    samples and N training images (the floor) against the 10k test images."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise ConfigError(f"--inception-weights {weights}: no such file; {INCEPTION_HINT.split(': ', 1)[1]}")
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except Exception as e:                              # not installed, or a torchvision that does not match torch
+        msg = (f"Inception FID skipped: torch-fidelity cannot be imported here ({type(e).__name__}: "
+               f"{str(e).splitlines()[0] if str(e) else ''}); `pip install torch-fidelity` with a torchvision "
+               "built for this torch enables it; the classifier metric is the default")
+        log.warning(msg)
+        return {"inception_note": msg}
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                      feature_extractor_weights_path=str(weights)).to(device).eval()
+
+    @torch.no_grad()
+    def feats(x_u8: torch.Tensor) -> np.ndarray:
+        out = [net(x_u8[i:i + 100].expand(-1, 3, -1, -1).to(device))[0].double().cpu()   # grey -> RGB
+               for i in range(0, x_u8.shape[0], 100)]
+        return torch.cat(out).numpy()
+
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    cache = eval_cache_dir() / f"inception-test-{sha}.npz"
+    try:
+        with np.load(cache) as z:
+            test = z["feats"]
+    except (OSError, KeyError, ValueError):
+        log.info("Inception features of the 10k test images (once; cached in %s)", cache)
+        test = feats(load_fashion_mnist("test").images)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, feats=test)
+    ref = _gauss(test)
+    return {"inception_fid": frechet_distance(*_gauss(feats(images_u8)), *ref),
+            "inception_fid_floor": frechet_distance(*_gauss(feats(floor_u8)), *ref),
+            "inception_note": f"Inception FID at 299x299 with {weights.name}"}
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+def _f(v, fmt="{:.3f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def format_table(r: dict) -> str:
+    names = r["class_names"]
+    lines = [f"{r['source']}: n={r['n']}, sampler={r['sampler'] or '-'}, steps={r['steps'] or '-'}, "
+             f"guidance={_f(r['guidance'], '{:g}')}, input {r['input_range']}",
+             f"classifier: {r['classifier']['feature_dim']}-d features, accuracy on real test images "
+             f"{r['classifier_test_acc']:.4f}",
+             "",
+             f"{'metric':32s} {'samples':>10s} {'real (floor)':>13s}",
+             f"{'FD, classifier features':32s} {_f(r['fd']):>10s} {_f(r['fd_floor']):>13s}"]
+    if r["inception_fid"] is not None:
+        lines.append(f"{'Inception FID (299x299)':32s} {_f(r['inception_fid']):>10s} {_f(r['inception_fid_floor']):>13s}")
+    lines += [
+        f"{'precision (k=3)':32s} {_f(r['precision']):>10s} {_f(r['precision_floor']):>13s}",
+        f"{'recall (k=3)':32s} {_f(r['recall']):>10s} {_f(r['recall_floor']):>13s}",
+        f"{'cond. accuracy (real: test acc)':32s} {_f(r['cond_acc']):>10s} {_f(r['classifier_test_acc']):>13s}",
+        f"{'class entropy, nats (max 2.303)':32s} {_f(r['pred_entropy']):>10s} {_f(r['pred_entropy_floor']):>13s}",
+        f"{'near-duplicate fraction':32s} {_f(r['dup_frac']):>10s} {_f(r['dup_frac_floor']):>13s}",
+        "",
+        f"{'class':12s} {'predicted':>9s} {'FD':>8s} {'floor':>7s} {'cond_acc':>8s} {'real acc':>8s}"]
+    for k, name in enumerate(names):
+        pc = r["per_class_fd"] or [None] * len(names)
+        pf = r["per_class_fd_floor"] or [None] * len(names)
+        ca = r["cond_acc_per_class"] or [None] * len(names)
+        lines.append(f"{name:12s} {r['pred_hist'][k] / r['n']:>9.1%} {_f(pc[k], '{:.2f}'):>8s} "
+                     f"{_f(pf[k], '{:.2f}'):>7s} {_f(ca[k]):>8s} {r['classifier_test_acc_per_class'][k]:>8.3f}")
+    collapsed = ", ".join(f"{c['name']} -> {c['predicted_name']} ({c['fraction']:.0%})" for c in r["collapsed_classes"])
+    lines += ["",
+              f"collapsed classes: {collapsed or 'none'}",
+              f"missing classes:   {', '.join(names[k] for k in r['missing_classes']) or 'none'}",
+              f"mode collapse:     {'YES' if r['mode_collapse'] else 'no'} ({r['dup_frac']:.1%} of samples have a "
+              f"near-duplicate; flagged above {MODE_COLLAPSE_FRAC:.0%}, real data {r['dup_frac_floor']:.1%})"]
+    if r["inception_fid"] is None:
+        lines.append(r["inception_note"])
+    return "\n".join(lines)
