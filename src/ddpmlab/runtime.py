@@ -67,3 +67,18 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK); NCCL on GPUs,
+    gloo on CPUs. Returns (rank, world_size, device); (0, 1, device) without torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device

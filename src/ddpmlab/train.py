@@ -9,6 +9,7 @@ permutation. All randomness comes from two generators whose states are checkpoin
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -17,15 +18,17 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from . import config as C
-from . import plots, render
-from .data import ImageSet, load_dataset, to_model_range
+from . import monitor, plots, render
+from .data import FASHION_CLASSES, ImageSet, load_dataset, to_model_range
 from .diffusion import loss_fn, make_schedule
 from .models import build_model, count_parameters
 from .run import RunConfig, load_config, read_metrics, save_config, save_weights, load_weights
-from .runtime import atomic_write, autocast, resolve_channels_last, resolve_device, resolve_precision
+from .runtime import (atomic_write, autocast, init_distributed, resolve_channels_last, resolve_device,
+                      resolve_precision)
 
 log = logging.getLogger("ddpmlab.train")
 SAVE_EVERY_S = 600       # also checkpoint mid-epoch every 10 minutes: long CPU epochs lose little
@@ -68,7 +71,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.rc = rc
         tc = rc.train
-        self.device = resolve_device(tc.device)
+        # under torchrun: one process per device (or CPU share), each a disjoint shard of every epoch
+        self.rank, self.world, self.device = init_distributed(resolve_device(tc.device))
         self.precision = resolve_precision(tc.precision, self.device)
         self.channels_last = resolve_channels_last(tc.channels_last, self.device)
         self.progress = progress
@@ -87,17 +91,25 @@ class Trainer:
         self.images = data.images.to(self.device)                           # (N, C, H, W) uint8
         self.labels = data.labels.to(self.device) if data.labels is not None else None
         self.batch = min(tc.batch_size, len(data))
-        self.batches_per_epoch = len(data) // self.batch                    # the last partial batch is dropped
+        self.batches_per_epoch = max(1, len(data) // (self.batch * self.world))  # last partial batch dropped
 
         self.schedule = make_schedule(rc.diffusion)
         self.model = build_model(rc.model).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, tc.ema_decay)
+        self.ddp = self.model                                               # what the loss calls
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            net = self.model
+            if self.device.type == "cuda":   # SyncBatchNorm is GPU-only in PyTorch; on CPU (gloo) the
+                net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)   # running stats come from rank 0
+            self.ddp = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.model = self.ddp.module
         self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience, min_lr=tc.min_lr)
-        self.gen = torch.Generator(self.device).manual_seed(tc.seed)        # t, noise, label dropout
+        self.gen = torch.Generator(self.device).manual_seed(tc.seed + 1_000_003 * self.rank)  # t, noise, label drop
         self.perm_gen = torch.Generator().manual_seed(tc.seed + 1)          # epoch permutations
         # position
         self.step = 0
@@ -106,22 +118,46 @@ class Trainer:
         self.perm = None
         self.epoch_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.interrupted = False
+        self.stop_agreed = False        # distributed: all ranks stop at the same step
+        self.postfix = {}               # collapse scores of the last epoch, shown on the progress bar
+        self._monitor_ref = None        # real-image statistics for the collapse scores, computed once
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
+        gen = self.gen.get_state()
+        if self.world > 1:   # every rank's noise generator, so a resumed run draws what it would have
+            gens = [None] * self.world
+            dist.all_gather_object(gens, gen.cpu())
+        else:
+            gens = [gen]
         return {"step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos, "perm": self.perm,
                 "epoch_loss_sum": self.epoch_loss_sum.cpu(), "optimizer": self.opt.state_dict(),
-                "plateau": self.plateau.state_dict(), "gen": self.gen.get_state(),
-                "perm_gen": self.perm_gen.get_state()}
+                "plateau": self.plateau.state_dict(), "gen": gens, "perm_gen": self.perm_gen.get_state()}
+
+    @torch.no_grad()
+    def sync_buffers(self) -> None:
+        """Average BatchNorm running statistics over the ranks (each saw its own shard) and copy
+        them into the EMA model, so every rank holds, and rank 0 saves, the same buffers."""
+        if self.world == 1:
+            return
+        for b in self.model.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b)
+                b.div_(self.world)
+        for b_ema, b in zip(self.ema.model.buffers(), self.model.buffers()):
+            b_ema.copy_(b)
 
     def save(self) -> None:
+        self.sync_buffers()
+        state = self.state_dict()     # a collective under torchrun: every rank takes part
+        self.last_save = time.monotonic()
+        if self.rank != 0:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.run_dir, self.rc)
         save_weights(self.model, self.run_dir / "model.safetensors")
         save_weights(self.ema.model, self.run_dir / "ema.safetensors")
-        state = self.state_dict()
         atomic_write(self.run_dir / "state.pt", lambda p: torch.save(state, p))
-        self.last_save = time.monotonic()
 
     def load(self) -> None:
         load_weights(self.model, self.run_dir / "model.safetensors")
@@ -131,8 +167,14 @@ class Trainer:
         self.epoch_loss_sum = s["epoch_loss_sum"].to(self.device)
         self.opt.load_state_dict(s["optimizer"])
         self.plateau.load_state_dict(s["plateau"])
-        self.gen.set_state(s["gen"])
+        gens = s["gen"] if isinstance(s["gen"], list) else [s["gen"]]
+        if len(gens) == self.world:
+            self.gen.set_state(gens[self.rank])
+        else:
+            log.warning("resuming with %d processes a run saved with %d: noise streams restart", self.world, len(gens))
         self.perm_gen.set_state(s["perm_gen"])
+        if self.rank != 0:
+            return
         # drop log lines written after this checkpoint (a crash between log and save)
         kept = [m for m in read_metrics(self.run_dir) if m.get("step", 0) <= self.step]
         text = "".join(json.dumps(m) + "\n" for m in kept)
@@ -140,6 +182,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging
     def log_metrics(self, **m) -> None:
+        if self.rank != 0:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(m) + "\n")
 
@@ -158,7 +202,7 @@ class Trainer:
                 drop = torch.rand(label.shape, device=self.device, generator=self.gen) < self.rc.train.cond_drop
                 label = torch.where(drop, self.rc.model.num_classes, label)
         with autocast(self.device, self.precision):
-            loss = loss_fn(self.model, self.schedule, x0, label, self.gen)
+            loss = loss_fn(self.ddp, self.schedule, x0, label, self.gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -173,16 +217,19 @@ class Trainer:
 
     def fit(self) -> dict:
         tc = self.rc.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.run_dir, self.rc)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.run_dir, self.rc)
         self.last_save = time.monotonic()
         total = tc.epochs * self.batches_per_epoch
         if tc.max_steps:
             total = min(total, tc.max_steps)
-        log.info("run %s: preset %s, %d parameters, %d images, device %s, precision %s, channels_last %s",
+        log.info("run %s: preset %s, %d parameters, %d images, device %s, precision %s, channels_last %s%s",
                  self.run_dir, self.rc.preset, count_parameters(self.model), len(self.images),
-                 self.device, self.precision, self.channels_last)
-        bar = tqdm(total=total, initial=min(self.step, total), disable=not self.progress, unit="step",
+                 self.device, self.precision, self.channels_last,
+                 f", rank {self.rank} of {self.world}" if self.world > 1 else "")
+        show = self.progress and self.rank == 0
+        self.bar = bar = tqdm(total=total, initial=min(self.step, total), disable=not show, unit="step",
                    dynamic_ncols=True, desc=self.rc.preset)
         previous = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, self._on_sigint)
@@ -195,8 +242,25 @@ class Trainer:
             self.save()
             raise TrainingInterrupted(f"interrupted at step {self.step}; saved, continue with --resume")
         self.save()
-        self.finish_figures()
+        if self.world > 1:
+            self.log_metrics(kind="ddp", step=self.step, world=self.world, weights_sha256=self.rank_digests())
+        if self.rank == 0:
+            self.finish_figures()
         return {"steps": self.step, "epochs": self.epoch, "finished": finished}
+
+    def rank_digests(self) -> list[str]:
+        """SHA-256 of every rank's weights and buffers: DDP must keep them identical."""
+        h = hashlib.sha256()
+        for v in [*self.model.state_dict().values(), *self.ema.model.state_dict().values()]:
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        out = [None] * self.world
+        dist.all_gather_object(out, h.hexdigest())
+        return out
+
+    def _sum_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
 
     def _on_sigint(self, *_):
         if self.interrupted:   # second Ctrl-C: give up at once
@@ -218,52 +282,97 @@ class Trainer:
             while self.batch_pos < self.batches_per_epoch:
                 if tc.max_steps and self.step >= tc.max_steps:
                     return False
-                if self.interrupted:
+                if self.interrupted if self.world == 1 else self.stop_agreed:
                     return False
-                idx = perm[self.batch_pos * self.batch:(self.batch_pos + 1) * self.batch]
+                first = (self.batch_pos * self.world + self.rank) * self.batch     # this rank's shard
+                idx = perm[first:first + self.batch]
                 loss = self.train_step(idx)
                 self.step += 1
                 self.batch_pos += 1
                 self.epoch_loss_sum += loss
                 window += loss
                 window_n += 1
-                self.epoch_imgs += self.batch
+                self.epoch_imgs += self.batch * self.world
                 bar.update(1)
                 if window_n == tc.log_every or self.batch_pos == self.batches_per_epoch:
-                    value = window.item() / window_n        # the one host sync per window
+                    # the one host sync per window; under torchrun also where all ranks agree
+                    # on stopping (Ctrl-C) and on a time-based checkpoint
+                    want_save = time.monotonic() - self.last_save > SAVE_EVERY_S
+                    flags = torch.tensor([float(self.interrupted), float(want_save)], device=self.device)
+                    agreed = self._sum_ranks(torch.cat([window.float().view(1), flags])).tolist()
+                    value = agreed[0] / (window_n * self.world)
+                    self.stop_agreed, want_save = agreed[1] > 0, agreed[2] > 0
                     self.check_finite(value)
                     now = time.perf_counter()
-                    ips = window_n * self.batch / (now - t_window)
+                    ips = window_n * self.batch * self.world / (now - t_window)
                     self.log_metrics(kind="step", step=self.step, epoch=self.epoch + 1, loss=value,
                                      lr=self.lr(), img_per_s=round(ips, 2))
-                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.lr():.1e}", img_s=f"{ips:.0f}")
+                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.lr():.1e}", img_s=f"{ips:.0f}", **self.postfix)
                     window.zero_()
                     window_n, t_window = 0, time.perf_counter()
-                    if time.monotonic() - self.last_save > SAVE_EVERY_S:
+                    if want_save:
                         self.save()
             self.end_epoch()
             t_window = time.perf_counter()   # snapshot time does not count as training time
         return True
 
     def end_epoch(self) -> None:
-        epoch_loss = self.epoch_loss_sum.item() / self.batches_per_epoch
+        # the mean over all ranks: every rank's LR scheduler must see the same number
+        epoch_loss = self._sum_ranks(self.epoch_loss_sum.clone()).item() / (self.batches_per_epoch * self.world)
         self.check_finite(epoch_loss)
         seconds = time.perf_counter() - self.epoch_t0
         self.plateau.step(epoch_loss)
         self.epoch += 1
         self.batch_pos = 0
-        self.log_metrics(kind="epoch", step=self.step, epoch=self.epoch, loss=epoch_loss, lr=self.lr(),
-                         img_per_s=round(self.epoch_imgs / seconds, 2), seconds=round(seconds, 1))
-        log.info("epoch %d: loss %.4f, lr %.1e, %.1f img/s", self.epoch, epoch_loss, self.lr(),
-                 self.epoch_imgs / seconds)
         del self.epoch_t0
         tc = self.rc.train
-        if tc.snapshot_steps:
-            render.snapshots(self.ema.model, self.schedule, self.rc.model, self.run_dir / "snapshots",
-                             self.epoch, per_class=tc.snapshot_per_class, steps=tc.snapshot_steps,
-                             seed=tc.seed, device=self.device)
+        scores = {}
+        if tc.snapshot_steps and self.rank == 0:
+            x = render.snapshots(self.ema.model, self.schedule, self.rc.model, self.run_dir / "snapshots",
+                                 self.epoch, per_class=tc.snapshot_per_class, steps=tc.snapshot_steps,
+                                 seed=tc.seed, device=self.device)
+            scores = self.collapse_scores(x)
+        self.log_metrics(kind="epoch", step=self.step, epoch=self.epoch, loss=epoch_loss, lr=self.lr(),
+                         img_per_s=round(self.epoch_imgs / seconds, 2), seconds=round(seconds, 1), **scores)
+        log.info("epoch %d: loss %.4f, lr %.1e, %.1f img/s%s", self.epoch, epoch_loss, self.lr(),
+                 self.epoch_imgs / seconds, "".join(f", {k} {v}" for k, v in scores.items()))
         self.save()
-        plots.plot_loss(read_metrics(self.run_dir), self.run_dir / "loss.png", title=f"{self.rc.preset}: training loss")
+        if self.rank == 0:
+            plots.plot_loss(read_metrics(self.run_dir), self.run_dir / "loss.png",
+                            title=f"{self.rc.preset}: training loss")
+
+    def collapse_scores(self, samples: torch.Tensor) -> dict:
+        """Diversity / label separation (/ adherence) of the snapshot samples, against real images
+        of the same classes; a warning naming the epoch and the symptom when they collapse."""
+        tc, cfg = self.rc.train, self.rc.model
+        conditional = bool(cfg.num_classes and self.labels is not None)
+        labels = torch.arange(cfg.num_classes).repeat_interleave(tc.snapshot_per_class) if conditional else None
+        if self._monitor_ref is None:
+            images = to_model_range(self.images.cpu())
+            self._monitor_ref = monitor.reference(images, self.labels.cpu() if conditional else None, labels,
+                                                  tc.snapshot_per_class)
+            self._classify = self._snapshot_classifier() if conditional else None
+        scores = monitor.snapshot_scores(samples, labels, self._monitor_ref, self._classify)
+        for symptom in monitor.collapse_symptoms(scores, cfg.num_classes if conditional else 0):
+            log.warning("epoch %d: %s (see %s)", self.epoch, symptom, self.run_dir / "snapshots")
+        short = {"diversity": "div", "label_separation": "sep", "adherence": "adh"}
+        self.postfix = {short[k]: f"{v:.2f}" for k, v in scores.items() if k in short}
+        if getattr(self, "bar", None) is not None:
+            self.bar.set_postfix(epoch=self.epoch, **self.postfix)
+        return scores
+
+    def _snapshot_classifier(self):
+        """The FashionMNIST evaluation classifier (images in [-1, 1] -> logits) when the data is
+        FashionMNIST and its weights exist; None otherwise (then no adherence score)."""
+        if tuple(self.class_names) != FASHION_CLASSES:
+            return None
+        try:
+            from .classifier import load_classifier
+            clf = load_classifier(device="cpu")
+        except (ImportError, C.ConfigError, OSError) as e:
+            log.info("no label-adherence score: %s", e)
+            return None
+        return lambda x: clf(x.float().cpu())
 
     def finish_figures(self) -> None:
         """Loss curve, a final sample grid and the generation process, from the EMA weights."""
