@@ -60,7 +60,8 @@ def cmd_train(args) -> None:
     overrides = {k: v for k, v in dict(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps, seed=args.seed,
         device=args.device, precision=args.precision, cond_drop=args.cond_drop, subset=args.subset,
-        data_dir=args.data_dir, snapshot_steps=args.snapshot_steps, channels_last=args.channels_last).items()
+        data_dir=args.data_dir, snapshot_steps=args.snapshot_steps, channels_last=args.channels_last,
+        compile=args.compile or None, tensorboard=args.tensorboard or None).items()
         if v is not None}
     if args.resume:
         if args.set:
@@ -175,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--snapshot-steps", type=int, help="DDIM steps of the per-epoch snapshots (0 = none)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. channels=32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (compile time is logged)")
+    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard under OUT/tensorboard")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_train)
@@ -220,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classifier", help="the evaluation classifier: train it, or test it")
     p.add_argument("action", choices=("train", "test"))
     p.add_argument("--out", help="weights file (default: the shipped pretrained/classifier.safetensors)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir")
     p.add_argument("--quiet", action="store_true")

@@ -68,6 +68,8 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | mps
     precision: str = "auto"         # auto | fp32 | bf16
     channels_last: str = "auto"     # auto | on | off
+    compile: bool = False           # torch.compile the network (compile time is logged)
+    tensorboard: bool = False       # also log to TensorBoard under RUN/tensorboard
     log_every: int = 25             # steps between loss reads (one host sync each)
     snapshot_per_class: int = 8     # samples per class in each per-epoch snapshot
     snapshot_steps: int = 25        # DDIM steps of the per-epoch snapshots (0 = none)

@@ -106,6 +106,15 @@ class Trainer:
                 net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)   # running stats come from rank 0
             self.ddp = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             self.model = self.ddp.module
+        if tc.compile:
+            self.ddp = torch.compile(self.ddp)
+        self.tb = None
+        if tc.tensorboard and self.rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise C.ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience, min_lr=tc.min_lr)
@@ -184,6 +193,10 @@ class Trainer:
     def log_metrics(self, **m) -> None:
         if self.rank != 0:
             return
+        if self.tb is not None and m["kind"] in ("step", "epoch"):
+            for k in ("loss", "lr", "img_per_s", "diversity", "label_separation", "adherence"):
+                if isinstance(m.get(k), (int, float)):
+                    self.tb.add_scalar(f"{m['kind']}/{k}", m[k], m["step"])
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(m) + "\n")
 
@@ -286,7 +299,15 @@ class Trainer:
                     return False
                 first = (self.batch_pos * self.world + self.rank) * self.batch     # this rank's shard
                 idx = perm[first:first + self.batch]
-                loss = self.train_step(idx)
+                if tc.compile and not hasattr(self, "compile_s"):
+                    t0 = time.perf_counter()
+                    loss = self.train_step(idx).item()   # compilation happens in the first call
+                    self.compile_s = time.perf_counter() - t0
+                    log.info("torch.compile: first step (compilation included) took %.1f s", self.compile_s)
+                    self.log_metrics(kind="compile", step=self.step + 1, seconds=round(self.compile_s, 1))
+                    loss = torch.tensor(loss, device=self.device)
+                else:
+                    loss = self.train_step(idx)
                 self.step += 1
                 self.batch_pos += 1
                 self.epoch_loss_sum += loss
@@ -332,6 +353,8 @@ class Trainer:
                                  self.epoch, per_class=tc.snapshot_per_class, steps=tc.snapshot_steps,
                                  seed=tc.seed, device=self.device)
             scores = self.collapse_scores(x)
+            if self.tb is not None:
+                self.tb.add_image("snapshots", plots.tile(x, tc.snapshot_per_class), self.epoch, dataformats="HWC")
         self.log_metrics(kind="epoch", step=self.step, epoch=self.epoch, loss=epoch_loss, lr=self.lr(),
                          img_per_s=round(self.epoch_imgs / seconds, 2), seconds=round(seconds, 1), **scores)
         log.info("epoch %d: loss %.4f, lr %.1e, %.1f img/s%s", self.epoch, epoch_loss, self.lr(),
