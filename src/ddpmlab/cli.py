@@ -149,6 +149,22 @@ def cmd_evaluate(args) -> None:
     print(f"json: {out}")
 
 
+def cmd_report(args) -> None:
+    from .report import write_report
+    path = write_report(args.runs, args.out, n=args.n, sampler=args.sampler, steps=args.steps,
+                        guidance=args.guidance, evaluate=not args.no_eval)
+    print(f"report: {path} and {path.parent / 'report.html'}")
+
+
+def cmd_reproduce(args) -> None:
+    import time
+    from .reproduce import reproduce
+    t0 = time.time()
+    path = reproduce(args.out, args.budget, progress=not args.quiet)
+    print(f"reproduce --budget {args.budget}: {(time.time() - t0) / 60:.1f} min; report: {path} and "
+          f"{path.parent / 'report.html'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ddpmlab", description="Train, sample, visualise and evaluate small diffusion models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -184,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def sampling_flags(p, steps=50):
         p.add_argument("run", help="run directory or shipped model name")
-        p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim"))
+        p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm++2m"))
         p.add_argument("--steps", type=int, default=steps)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
@@ -209,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="sample quality beside its floor on real data (classifier FD, ...)")
     p.add_argument("run_or_npz", metavar="RUN_OR_NPZ", help="run directory, shipped model name, or .npz of samples")
     p.add_argument("--n", type=int, help="samples to draw (default 1000) or to read from the .npz (default all)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), help="default ddim")
+    p.add_argument("--sampler", choices=("ddpm", "ddim", "dpm++2m"), help="default ddim")
     p.add_argument("--steps", type=int, help="default 50")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (default 0)")
     p.add_argument("--seed", type=int, default=0)
@@ -228,6 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_classifier)
+    p = sub.add_parser("report", help="the write-up, regenerated from runs: REPORT.md + report.html")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", default="report")
+    p.add_argument("--n", type=int, default=1000, help="samples evaluated per run")
+    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm++2m"))
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=0.0)
+    p.add_argument("--no-eval", action="store_true", help="figures only, no evaluation")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("reproduce", help="train the whole ladder, evaluate every model, write the report")
+    p.add_argument("--budget", default="quick", choices=("quick", "full"))
+    p.add_argument("--out", default="reproduce")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_reproduce)
     return ap
 
 

@@ -144,6 +144,10 @@ register(Preset("unet-cbn", "UNet; the class embedding also feeds the conditiona
                 _unet(num_classes=10, class_dim=4, class_cond="cbn"), train=dict(_GUIDED)))
 register(Preset("unet-block", "UNet; per-block class projection between the two convs, GroupNorm (the fix)",
                 _unet(norm="group", num_classes=10, class_dim=64, class_cond="block"), train=dict(_GUIDED)))
+register(Preset("unet-small", "unet-block's design sized for a CPU: 32 channels, one block per level (the shipped model)",
+                ModelConfig(arch="unet", channels=32, channel_mults=(1, 2, 4), blocks_per_level=1, time_dim=128,
+                            norm="group", num_classes=10, class_dim=32, class_cond="block"),
+                train=dict(_GUIDED)))
 register(Preset("unet-faces64", "64x64 RGB UNet, GroupNorm + timestep embedding; a folder of faces (--data-dir)",
                 ModelConfig(arch="unet", image_size=64, in_channels=3, channels=96, channel_mults=(1, 2, 3, 4),
                             blocks_per_level=2, time_dim=512, norm="group"),

@@ -1,0 +1,52 @@
+"""reproduce + report on a tiny budget: runs, skip-on-rerun, a report with every section."""
+import json
+
+import pytest
+
+from ddpmlab import cli, reproduce as R
+
+TINY_BUDGET = ({"resnet": {"channels": 8, "num_blocks": 2, "time_dim": 16},
+                "unet": {"channels": 8, "channel_mults": (1, 2), "blocks_per_level": 1, "time_dim": 16}},
+               {"epochs": 2, "subset": 128, "batch_size": 32, "snapshot_steps": 2, "snapshot_per_class": 2,
+                "device": "cpu"},
+               {"n": 40, "sampler": "ddim", "steps": 3})
+
+
+@pytest.fixture
+def tiny_budget(monkeypatch):
+    monkeypatch.setitem(R.BUDGETS, "quick", TINY_BUDGET)
+
+
+def test_reproduce_writes_report_and_skips_finished_runs(tmp_path, tiny_budget, caplog):
+    presets = ["resnet-basic", "resnet-class", "unet-input"]
+    md = R.reproduce(tmp_path, "quick", presets=presets, progress=False)
+    text = md.read_text()
+    for heading in ("Very basic model", "Class embeddings", "The generation process", "UNet: class concatenated"):
+        assert heading in text
+    assert "| resnet-class |" in text and "fd floor" in text
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 8 and "src='figures" not in html   # self-contained
+    for p in presets:
+        evals = list((tmp_path / "runs" / p / "eval").glob("*.json"))
+        assert len(evals) == 1 and json.loads(evals[0].read_text())["n"] == 40
+    # interrupted or not, a second call trains nothing and reuses the cached evaluations
+    mtimes = {p: (tmp_path / "runs" / p / "ema.safetensors").stat().st_mtime for p in presets}
+    caplog.set_level("INFO")
+    R.reproduce(tmp_path, "quick", presets=presets, progress=False)
+    assert "resnet-basic: finished earlier, skipped" in caplog.text
+    assert mtimes == {p: (tmp_path / "runs" / p / "ema.safetensors").stat().st_mtime for p in presets}
+
+
+def test_reproduce_resumes_an_unfinished_run(tmp_path, tiny_budget):
+    from ddpmlab.train import make_run_config, train
+    model_over, train_over, _ = TINY_BUDGET
+    run = tmp_path / "runs" / "resnet-basic"
+    train(run, make_run_config("resnet-basic", model_over["resnet"], **{**train_over, "max_steps": 3}), progress=False)
+    R.reproduce(tmp_path, "quick", presets=["resnet-basic"], progress=False)
+    epochs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in epochs if m["kind"] == "epoch"] == [1, 2]
+
+
+def test_report_cli_rejects_non_runs(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
