@@ -51,9 +51,10 @@ def sample_grid(model, schedule, cfg, path, *, per_class: int = 10, seed: int = 
         labels = torch.arange(k).repeat_interleave(per_class)
         x = sample(model, schedule, cfg, k * per_class, labels=labels, seed=seed, **kw)
         plots.save_grid(x, path, ncol=per_class, row_labels=class_names(k))
-    else:
-        x = sample(model, schedule, cfg, 64, seed=seed, **kw)
-        plots.save_grid(x, path, ncol=8)
+    else:   # 8x8 small images; 4x4 large ones (a 64x64 UNet costs ~20x more per image)
+        side = 8 if cfg.image_size <= 32 else 4
+        x = sample(model, schedule, cfg, side * side, seed=seed, **kw)
+        plots.save_grid(x, path, ncol=side)
     return x
 
 

@@ -405,7 +405,8 @@ class Trainer:
         render.sample_grid(self.ema.model, self.schedule, self.rc.model, self.run_dir / "samples" / "grid.png",
                            per_class=8, seed=tc.seed, steps=steps, device=self.device)
         render.process_figure(self.ema.model, self.schedule, self.rc.model, self.run_dir / "process.png",
-                              n=4, seed=tc.seed, steps=steps, device=self.device)
+                              n=4 if self.rc.model.image_size <= 32 else 2, seed=tc.seed, steps=steps,
+                              device=self.device)
 
 
 def train(run_dir, rc: RunConfig | None = None, *, resume: bool = False, data: ImageSet | None = None,
