@@ -60,7 +60,7 @@ def cmd_train(args) -> None:
     overrides = {k: v for k, v in dict(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps, seed=args.seed,
         device=args.device, precision=args.precision, cond_drop=args.cond_drop, subset=args.subset,
-        data_dir=args.data_dir, snapshot_steps=args.snapshot_steps, channels_last=args.channels_last,
+        data=args.data, data_dir=args.data_dir, snapshot_steps=args.snapshot_steps, channels_last=args.channels_last,
         compile=args.compile or None, tensorboard=args.tensorboard or None).items()
         if v is not None}
     if args.resume:
@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--cond-drop", type=float, help="null-label probability for classifier-free guidance")
     p.add_argument("--subset", type=int, help="train on the first N images only")
-    p.add_argument("--data-dir")
+    p.add_argument("--data", help="fashion-mnist | folder (the folder --data-dir names) | a folder of images")
+    p.add_argument("--data-dir", help="where FashionMNIST is; for data 'folder' (unet-faces64): the image folder")
     p.add_argument("--snapshot-steps", type=int, help="DDIM steps of the per-epoch snapshots (0 = none)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. channels=32")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (compile time is logged)")

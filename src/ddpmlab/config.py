@@ -38,6 +38,9 @@ class ModelConfig:
         if self.channels < 1 or self.num_blocks < 0 or self.image_size < 4:
             raise ConfigError("channels, num_blocks and image_size must be positive")
         self.channel_mults = tuple(self.channel_mults)
+        if self.arch == "unet" and (not self.channel_mults or min(self.channel_mults) < 1 or self.blocks_per_level < 1):
+            raise ConfigError(f"unet needs channel_mults of positive integers and blocks_per_level >= 1, "
+                              f"got {self.channel_mults} and {self.blocks_per_level}")
         return self
 
 

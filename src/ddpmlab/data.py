@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -226,7 +227,6 @@ def _decode(args) -> np.ndarray | None:
     """One file -> (C, size, size) uint8, centre-cropped to a square and resized; None when
     unreadable. Top-level so worker processes can run it."""
     path, size, channels = args
-    from PIL import Image
     try:
         with Image.open(path) as im:
             im.draft("RGB" if channels == 3 else "L", (size, size))     # JPEG: decode at a reduced scale

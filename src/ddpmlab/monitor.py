@@ -61,14 +61,20 @@ class Reference:
 
 def reference(images: torch.Tensor, labels: torch.Tensor | None, classes: torch.Tensor | None,
               per_class: int) -> Reference:
-    """Real images in [-1, 1] (N, C, H, W): for each class of `classes` (None: unconditional,
-    take 4 * per_class images) the first `per_class` of that class, the snapshot's layout."""
+    """Real images (N, C, H, W), uint8 or in [-1, 1], on any device: for each class of `classes`
+    (None: unconditional, take 4 * per_class images) the first `per_class` of that class, the
+    snapshot's layout. Only the chosen images are converted (a whole dataset need not fit as float)."""
     if classes is None or labels is None:
-        x = images[:4 * per_class]
+        x = _as_float(images[:4 * per_class])
         return Reference(within_class_distance(x, None), None)
     idx = torch.cat([torch.nonzero(labels == k).flatten()[:per_class] for k in classes.unique().tolist()])
-    x, y = images[idx], labels[idx]
+    x, y = _as_float(images[idx]), labels[idx].cpu()
     return Reference(within_class_distance(x, y), class_mean_separation(x, y))
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    x = x.cpu()
+    return x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from .data import to_uint8
 from .diffusion import Schedule, make_schedule
 from .run import RunConfig, load_model, resolve_run
 from .runtime import atomic_write, resolve_device
+
+log = logging.getLogger("ddpmlab.sample")
 
 
 @dataclass
@@ -55,6 +58,10 @@ def sample(run: LoadedRun, n: int, *, labels=None, sampler: str = "ddim", steps:
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")
     y = _labels(run, n, labels)
+    if guidance and run.num_classes and run.config.train.cond_drop == 0:
+        log.warning("--guidance %g: %s was trained without label dropout (cond_drop 0), so its unconditional "
+                    "branch (the null label) is untrained and guided samples are unreliable; train with "
+                    "--cond-drop 0.1", guidance, run.path)
     x = render.sample(run.model, run.schedule, run.config.model, n, labels=y, seed=seed, sampler=sampler,
                       steps=steps, guidance=guidance, eta=eta, device=run.device)
     return x, y

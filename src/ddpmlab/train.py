@@ -371,8 +371,7 @@ class Trainer:
         conditional = bool(cfg.num_classes and self.labels is not None)
         labels = torch.arange(cfg.num_classes).repeat_interleave(tc.snapshot_per_class) if conditional else None
         if self._monitor_ref is None:
-            images = to_model_range(self.images.cpu())
-            self._monitor_ref = monitor.reference(images, self.labels.cpu() if conditional else None, labels,
+            self._monitor_ref = monitor.reference(self.images, self.labels if conditional else None, labels,
                                                   tc.snapshot_per_class)
             self._classify = self._snapshot_classifier() if conditional else None
         scores = monitor.snapshot_scores(samples, labels, self._monitor_ref, self._classify)
