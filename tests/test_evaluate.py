@@ -15,15 +15,6 @@ from ddpmlab.evaluate import evaluate_images, evaluate_run, frechet_distance, pr
 N = 500
 
 
-@pytest.fixture(scope="module", autouse=True)
-def eval_cache(tmp_path_factory):
-    """The test-set feature cache goes to a temporary folder, not the user's."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
 @pytest.fixture(scope="module")
 def train_set():
     return load_fashion_mnist("train")
@@ -90,7 +81,7 @@ def test_two_classes_relabelled_as_all_ten_are_collapsed_classes(train_set, real
     assert {c["class"] for c in r["collapsed_classes"]} >= set(range(10)) - {2, 7}
     assert {c["predicted_as"] for c in r["collapsed_classes"]} <= {2, 7, 4, 6, 5}   # pullover, sneaker (or kin)
     assert set(r["missing_classes"]) >= {0, 1, 3, 8, 9} and not {2, 7} & set(r["missing_classes"])
-    assert r["pred_entropy"] < math.log(2) + 0.1
+    assert r["pred_entropy"] < 1.2                       # ~ln 2 (pullovers also pass for coats, shirts)
     assert r["cond_acc"] < 0.25
     assert r["recall"] < real_result["recall"] - 0.3
     assert r["precision"] > 0.6                          # each image is still a real one
@@ -108,10 +99,11 @@ def test_blur_and_noise_move_the_metric_in_order(real, real_result):
     rn = evaluate_images(noise, y)
     assert real_result["fd"] < rb["fd"] < rn["fd"]
     assert rb["fd"] > 3 * real_result["fd_floor"]
-    assert rb["precision"] < real_result["precision"] and rn["precision"] < 0.05
-    assert rn["recall"] < 0.05
-    assert rn["cond_acc"] < 0.3 < rb["cond_acc"]
-    assert not rb["collapsed_classes"] or len(rb["collapsed_classes"]) < len(rn["collapsed_classes"])
+    assert rn["precision"] < rb["precision"] < real_result["precision"] - 0.2
+    assert rb["recall"] < real_result["recall"] - 0.3 and rn["recall"] < 0.05
+    assert rn["cond_acc"] < 0.3 < rb["cond_acc"] < real_result["cond_acc"]
+    assert len(rb["collapsed_classes"]) <= 3 and len(rn["collapsed_classes"]) >= 8   # noise: all one class
+    assert not rb["mode_collapse"] and not rn["mode_collapse"]                     # distinct images, all
 
 
 def _npz(path, **arrays):
@@ -175,3 +167,17 @@ def test_missing_or_unreadable_input_is_a_one_line_error(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path / "junk.npz")]) == 2
     assert cli.main(["evaluate", str(tmp_path)]) == 2      # a folder that is not a run
     assert all(line.startswith("ddpmlab: error:") for line in capsys.readouterr().err.strip().splitlines())
+
+
+def test_inception_fid_needs_the_users_weights_file(tmp_path, real, capsys, monkeypatch):
+    x, y = real
+    p = _npz(tmp_path / "s.npz", arr_0=x[:50].permute(0, 2, 3, 1).numpy(), arr_1=y[:50].numpy())
+    assert cli.main(["evaluate", p, "--inception-weights", str(tmp_path / "nope.pth")]) == 2
+    assert "pytorch-fid" in capsys.readouterr().err                  # says where the file comes from
+    weights = tmp_path / "pt_inception.pth"
+    weights.write_bytes(b"0")
+    monkeypatch.setitem(__import__("sys").modules, "torch_fidelity", None)   # as here: not importable
+    assert cli.main(["evaluate", p, "--inception-weights", str(weights), "--out", str(tmp_path / "e.json")]) == 0
+    assert "Inception FID skipped" in capsys.readouterr().out             # and the default metric is used
+    r = json.loads((tmp_path / "e.json").read_text())
+    assert r["inception_fid"] is None and r["fd"] is not None

@@ -34,11 +34,11 @@ FORMAT = "ddpmlab-classifier-1"
 
 @dataclass
 class ClassifierConfig:
-    widths: tuple = (32, 64, 128)   # channels per stage; stages run at 28, 14, then 7x7 pixels
-    depth: int = 1                  # 3x3 conv + BatchNorm + ReLU layers per stage
+    widths: tuple = (32, 96, 128)   # channels per stage; stages run at 28, 14, then 7x7 pixels
+    depths: tuple = (1, 1, 2)       # 3x3 conv + BatchNorm + ReLU layers per stage (cheap at 7x7)
     feature_dim: int = 128          # the penultimate layer: the metric's feature space
     num_classes: int = 10
-    dropout: float = 0.3            # before the last layer only: the features themselves are not dropped
+    dropout: float = 0.2            # before the last layer only: the features themselves are not dropped
 
 
 def _conv(cin: int, cout: int) -> list[nn.Module]:
@@ -52,8 +52,8 @@ class FashionClassifier(nn.Module):
         super().__init__()
         self.cfg = cfg
         layers, cin, size = [], 1, 28
-        for w in cfg.widths:
-            for _ in range(cfg.depth):
+        for w, depth in zip(cfg.widths, cfg.depths):
+            for _ in range(depth):
                 layers += _conv(cin, w)
                 cin = w
             if size > 7:                                             # 28 -> 14 -> 7, then stay
@@ -101,7 +101,7 @@ def load_classifier(path=None, device="cpu") -> FashionClassifier:
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
         d = json.loads(meta["config"])
-        cfg = ClassifierConfig(**{**d, "widths": tuple(d["widths"])})
+        cfg = ClassifierConfig(**{**d, "widths": tuple(d["widths"]), "depths": tuple(d["depths"])})
         model = FashionClassifier(cfg)
         model.load_state_dict(load_file(str(path)))
     except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -131,11 +131,12 @@ def accuracy(model: FashionClassifier, data: ImageSet) -> float:
     return (logits.argmax(1) == data.labels).float().mean().item()
 
 
-def train_classifier(out=PRETRAINED, *, epochs: int = 3, batch_size: int = 128, lr: float = 3e-3,
+def train_classifier(out=PRETRAINED, *, epochs: int = 4, batch_size: int = 128, lr: float = 3e-3,
                      seed: int = 0, data_dir=None, cfg: ClassifierConfig | None = None,
                      subset: int | None = None, progress: bool = True) -> dict:
     """Adam with a one-cycle learning rate (warm-up, cosine down to ~0) and random horizontal
-    flips; a fixed number of epochs, no selection on the test set. Returns the training record."""
+    flips; a fixed number of epochs, no selection on the test set. Returns the training record.
+    The shipped weights: 4 epochs, seed 0, 93.2% test accuracy, ~16 min of 2-core CPU time."""
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ConfigError("epochs and batch size must be >= 1 and lr > 0")
     torch.manual_seed(seed)                             # initialisation
@@ -146,8 +147,11 @@ def train_classifier(out=PRETRAINED, *, epochs: int = 3, batch_size: int = 128, 
     model = FashionClassifier(cfg or ClassifierConfig())
     steps_per_epoch = math.ceil(len(train) / batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.2)
+    total_steps = epochs * steps_per_epoch
+    if total_steps < 4:
+        raise ConfigError(f"{total_steps} optimiser steps are too few for the schedule; use more epochs or images")
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps,
+                                                pct_start=max(0.2, 2 / total_steps))   # >= 2 warm-up steps
     t0 = time.time()
     for epoch in range(epochs):
         model.train()

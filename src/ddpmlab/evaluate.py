@@ -8,20 +8,24 @@ Every number stands beside its floor: the same metric for N real *training* imag
 number of samples, class counts matched to the requested labels) against the 10k test images.
 
 - fd: Fréchet distance between Gaussians fitted to the classifier's penultimate features
-  (128-d) of the samples and of the test images (Heusel et al. 2017, eq. in §3; float64,
+  (128-d) of the samples and of the test images (Heusel et al. 2017; float64,
   matrix square root by scipy.linalg.sqrtm). Also per requested class, against that class's
   test images.
 - cond_acc: the fraction of labelled samples that the classifier assigns to their label; compare
   it with the classifier's accuracy on real test images (`classifier_test_acc`), not with 1.
 - pred_hist / pred_entropy: predicted classes of the samples; entropy in nats (natural log;
   uniform over 10 classes = ln 10 = 2.303). A collapse to one or two classes shows at once.
-- precision / recall: Kynkäänniemi et al. 2019, k-NN manifolds with k = 3, against N test
-  images (a random subset of the same size, since the manifold radii depend on N).
+- precision / recall: Kynkäänniemi et al. 2019, k-NN manifolds with k = 3, against all 10k
+  test images (the floor: N training images, the same way). Precision alone can be fooled: a
+  tight off-manifold cluster (pure noise) may sit inside the large balls of a few real
+  outliers (Naeem et al. 2020); read it beside FD, recall and the near-duplicate rate.
 - collapsed_classes: requested classes whose samples are mostly (> 50%) classified as other
-  classes (real test images: every class is recognised >= ~75% of the time). missing_classes: classes predicted for under a quarter of a uniform share.
-- mode_collapse: more than 10% of the samples have a near-duplicate among the others, where a
+  classes (on real test images every class is recognised >= ~75% of the time).
+  missing_classes: classes predicted for under a quarter of a uniform share.
+- mode_collapse: more than 25% of the samples have a near-duplicate among the others, where a
   near-duplicate is closer in feature space than the 1st percentile of the nearest-neighbour
-  distances among N real test images (so real data sits at ~1% by construction).
+  distances among N real test images (so real data sits at ~1% by construction; N training
+  images at 1-3%, blurred real images under 10%, one image repeated at 100%).
 
 Inception FID (299x299, pool3) is added when the user supplies the pt_inception-2015-12-05
 weights file and torch-fidelity can be imported; nothing is ever downloaded.
@@ -30,15 +34,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import time
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import scipy.linalg
 import torch
+from threadpoolctl import threadpool_limits
 
 from .classifier import PRETRAINED, load_classifier, predict
 from .config import ConfigError
@@ -48,13 +53,14 @@ log = logging.getLogger("ddpmlab.evaluate")
 
 K_NN = 3                    # Kynkäänniemi et al. 2019: k = 3
 DUP_PERCENTILE = 1.0        # near-duplicate: closer than the 1st percentile of real NN distances
-MODE_COLLAPSE_FRAC = 0.10   # flag when over 10% of samples have a near-duplicate (real: ~1%)
+MODE_COLLAPSE_FRAC = 0.25   # flag when over 25% of samples have a near-duplicate (real: 1-3%)
 COLLAPSED_FRAC = 0.5        # a requested class is collapsed when > 50% go to other classes
 MISSING_SHARE = 0.25        # a class is missing when predicted for < 1/4 of a uniform share
 FLOOR_SEED = 0              # which real images make the floor: fixed, whatever the sampling seed
 NUM_CLASSES = 10
-INCEPTION_HINT = ("Inception FID not computed: pass --inception-weights pt_inception-2015-12-05-6726825d.pth "
-                  "(from the pytorch-fid GitHub releases, tag fid_weights; needs torch-fidelity); "
+INCEPTION_FILE = ("pt_inception-2015-12-05-6726825d.pth (the pytorch-fid GitHub releases, tag fid_weights; "
+                  "used through torch-fidelity)")
+INCEPTION_HINT = (f"Inception FID not computed: pass --inception-weights {INCEPTION_FILE}; "
                   "the classifier metric below is the default")
 
 
@@ -147,7 +153,7 @@ class Reference:
         self.sha = hashlib.sha256(weights.read_bytes()).hexdigest()
         test = load_fashion_mnist("test")
         self.labels = test.labels.numpy()
-        self.feats, logits = _cached_features(self.model, test.images, f"test-{self.sha[:16]}")
+        self.feats, logits, self.radii = _cached_features(self.model, test.images, f"test-{self.sha[:16]}")
         self.preds = logits.argmax(1)
         correct = self.preds == self.labels
         self.acc = float(correct.mean())
@@ -172,24 +178,26 @@ def eval_cache_dir() -> Path:
     return Path(base) / "ddpmlab" / "eval"
 
 
-def _cached_features(model, images_u8, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Features and logits of a fixed image set, cached on disk by the weights' hash."""
-    path = eval_cache_dir() / f"{key}.npz"
+def _cached_features(model, images_u8, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, logits and k-NN radii (the real manifold) of a fixed image set, cached on disk
+    under the weights' hash: a second process starts in well under a second."""
+    path = eval_cache_dir() / f"{key}-k{K_NN}.npz"
     try:
         with np.load(path) as z:
-            return z["feats"].astype(np.float64), z["logits"]
+            return z["feats"].astype(np.float64), z["logits"], z["radii"]
     except (OSError, KeyError, ValueError):
         pass
     f, z = predict(model, images_u8)
-    feats, logits = f.numpy(), z.numpy()
+    feats, logits = f.double().numpy(), z.numpy()
+    radii = knn_radii(feats)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, feats=feats, logits=logits)
+        np.savez(tmp, feats=feats.astype(np.float32), logits=logits, radii=radii)
         os.replace(tmp, path)
     except OSError:                                     # a read-only cache costs time, not results
         pass
-    return feats.astype(np.float64), logits
+    return feats, logits, radii                        # float32 values, as the cache holds them
 
 
 @lru_cache(maxsize=4)
@@ -211,10 +219,12 @@ def _gauss(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al. 2017; Dowson & Landau 1982)."""
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():                  # singular product: regularise, as pytorch-fid does
-        eps = np.eye(sigma1.shape[0]) * 1e-6
-        covmean = scipy.linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
+    with warnings.catch_warnings():                     # singular when N <= D (per class): expected
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(covmean).all():              # regularise, as pytorch-fid does
+            eps = np.eye(sigma1.shape[0]) * 1e-6
+            covmean = scipy.linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean.real))
 
@@ -224,10 +234,11 @@ def _fd(feats: np.ndarray, ref: tuple) -> float | None:
 
 
 def _cdist(a: np.ndarray, b: np.ndarray, chunk: int = 2048):
-    """Row blocks of the Euclidean distance matrix (float64)."""
-    tb = torch.from_numpy(b)
+    """Row blocks of the Euclidean distance matrix, in float32 (distances of ~1..10 need no more;
+    float64 doubles the cost)."""
+    tb = torch.from_numpy(b).float()
     for i in range(0, a.shape[0], chunk):
-        yield i, torch.cdist(torch.from_numpy(a[i:i + chunk]), tb)
+        yield i, torch.cdist(torch.from_numpy(a[i:i + chunk]).float(), tb).double()
 
 
 def knn_radii(feats: np.ndarray, k: int = K_NN) -> np.ndarray:
@@ -243,10 +254,11 @@ def _coverage(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> flo
     return float(torch.cat(inside).double().mean())
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K_NN) -> tuple[float, float]:
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K_NN, real_radii=None) -> tuple[float, float]:
     """Kynkäänniemi et al. 2019: precision = fakes inside the real k-NN manifold, recall =
     reals inside the fake k-NN manifold."""
-    return (_coverage(fake, real, knn_radii(real, k)), _coverage(real, fake, knn_radii(fake, k)))
+    real_radii = knn_radii(real, k) if real_radii is None else real_radii
+    return (_coverage(fake, real, real_radii), _coverage(real, fake, knn_radii(fake, k)))
 
 
 def nn_distances(feats: np.ndarray) -> np.ndarray:
@@ -256,7 +268,7 @@ def nn_distances(feats: np.ndarray) -> np.ndarray:
 
 def entropy(counts: np.ndarray) -> float:
     p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
+    return float(-(p * np.log(p)).sum()) + 0.0          # + 0.0: no "-0.000" for a single class
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,10 +285,10 @@ def _floor_indices(train_labels: np.ndarray, n: int, labels: np.ndarray | None, 
     return np.concatenate(idx)
 
 
-def _side(ref: Reference, feats, preds, labels, real_subset, dup_threshold) -> dict:
+def _side(ref: Reference, feats, preds, labels, dup_threshold) -> dict:
     """All metrics of one image set (samples or the floor) against the test images."""
     hist = np.bincount(preds, minlength=NUM_CLASSES)
-    precision, recall = precision_recall(real_subset, feats)
+    precision, recall = precision_recall(ref.feats, feats, real_radii=ref.radii)
     out = {"fd": _fd(feats, ref.stats), "precision": precision, "recall": recall,
            "pred_hist": hist.tolist(), "pred_entropy": entropy(hist),
            "dup_frac": float((nn_distances(feats) < dup_threshold).mean())}
@@ -316,6 +328,9 @@ def evaluate_images(images_u8: torch.Tensor, labels: torch.Tensor | None = None,
     n = images_u8.shape[0]
     if n < 2:
         raise ConfigError(f"{n} image(s); the Fréchet distance needs at least 2")
+    if inception_weights and not Path(inception_weights).is_file():
+        raise ConfigError(f"--inception-weights {inception_weights}: no such file; get {INCEPTION_FILE}, "
+                          "or leave the option out for the default classifier metric")
     ref = reference(classifier, device)
     y = None if labels is None else labels.cpu().numpy().astype(np.int64)
     if y is not None and (y.shape != (n,) or y.min() < 0 or y.max() >= NUM_CLASSES):
@@ -330,8 +345,10 @@ def evaluate_images(images_u8: torch.Tensor, labels: torch.Tensor | None = None,
     feats, preds = ref.features(images_u8)
     floor_feats, floor_preds = ref.features(train.images[torch.from_numpy(floor_idx)])
     floor_y = None if y is None else train.labels.numpy()[floor_idx]
-    s = _side(ref, feats, preds, y, real_subset, dup_threshold)
-    f = _side(ref, floor_feats, floor_preds, floor_y, real_subset, dup_threshold)
+    # small LAPACK calls (sqrtm of 128x128): BLAS threads only fight torch's (10 ms vs 200 ms each)
+    with threadpool_limits(1, user_api="blas"):
+        s = _side(ref, feats, preds, y, dup_threshold)
+        f = _side(ref, floor_feats, floor_preds, floor_y, dup_threshold)
 
     missing = [k for k in range(NUM_CLASSES) if s["pred_hist"][k] < MISSING_SHARE * n / NUM_CLASSES]
     result = {
@@ -394,18 +411,18 @@ def inception_fid(images_u8: torch.Tensor, floor_u8: torch.Tensor, weights, devi
     """FID with InceptionV3 pool3 features at 299x299 (torch-fidelity's TF-compatible port),
     samples and N training images (the floor) against the 10k test images."""
     weights = Path(weights)
-    if not weights.is_file():
-        raise ConfigError(f"--inception-weights {weights}: no such file; {INCEPTION_HINT.split(': ', 1)[1]}")
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except Exception as e:                              # not installed, or a torchvision that does not match torch
-        msg = (f"Inception FID skipped: torch-fidelity cannot be imported here ({type(e).__name__}: "
-               f"{str(e).splitlines()[0] if str(e) else ''}); `pip install torch-fidelity` with a torchvision "
-               "built for this torch enables it; the classifier metric is the default")
-        log.warning(msg)
-        return {"inception_note": msg}
-    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                      feature_extractor_weights_path=str(weights)).to(device).eval()
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+        return {"inception_note": f"Inception FID skipped: torch-fidelity cannot be imported here ({reason}); "
+                                  "it needs `pip install torch-fidelity` with a torchvision built for this torch; "
+                                  "the classifier metric below is the default"}
+    try:
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                          feature_extractor_weights_path=str(weights)).to(device).eval()
+    except Exception as e:
+        raise ConfigError(f"--inception-weights {weights}: not the pt_inception-2015-12-05 weights ({e})") from None
 
     @torch.no_grad()
     def feats(x_u8: torch.Tensor) -> np.ndarray:
@@ -442,6 +459,7 @@ def format_table(r: dict) -> str:
              f"guidance={_f(r['guidance'], '{:g}')}, input {r['input_range']}",
              f"classifier: {r['classifier']['feature_dim']}-d features, accuracy on real test images "
              f"{r['classifier_test_acc']:.4f}",
+             *([] if r["inception_fid"] is not None else [r["inception_note"]]),
              "",
              f"{'metric':32s} {'samples':>10s} {'real (floor)':>13s}",
              f"{'FD, classifier features':32s} {_f(r['fd']):>10s} {_f(r['fd_floor']):>13s}"]
@@ -463,10 +481,8 @@ def format_table(r: dict) -> str:
                      f"{_f(pf[k], '{:.2f}'):>7s} {_f(ca[k]):>8s} {r['classifier_test_acc_per_class'][k]:>8.3f}")
     collapsed = ", ".join(f"{c['name']} -> {c['predicted_name']} ({c['fraction']:.0%})" for c in r["collapsed_classes"])
     lines += ["",
-              f"collapsed classes: {collapsed or 'none'}",
+              f"collapsed classes: {collapsed or ('none' if r['labelled'] else 'n/a (the samples carry no labels)')}",
               f"missing classes:   {', '.join(names[k] for k in r['missing_classes']) or 'none'}",
               f"mode collapse:     {'YES' if r['mode_collapse'] else 'no'} ({r['dup_frac']:.1%} of samples have a "
               f"near-duplicate; flagged above {MODE_COLLAPSE_FRAC:.0%}, real data {r['dup_frac_floor']:.1%})"]
-    if r["inception_fid"] is None:
-        lines.append(r["inception_note"])
     return "\n".join(lines)

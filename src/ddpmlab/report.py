@@ -23,7 +23,7 @@ from PIL import Image  # noqa: E402
 
 from .config import ConfigError  # noqa: E402
 from .models import build_model, count_parameters  # noqa: E402
-from .run import load_config, read_metrics, resolve_run, write_json  # noqa: E402
+from .run import PRETRAINED_DIR, load_config, read_metrics, resolve_run, write_json  # noqa: E402
 from .runtime import atomic_write  # noqa: E402
 
 # preset -> (section title, what the write-up says / what to look for)
@@ -84,10 +84,20 @@ def run_summary(run_dir: Path) -> dict:
             "last_epoch": epochs[-1] if epochs else {}}
 
 
+def eval_dir(run_dir: Path) -> Path:
+    """RUN/eval, or for a model shipped inside the package, the user cache (never the package)."""
+    run_dir = Path(run_dir).resolve()
+    if PRETRAINED_DIR.resolve() in run_dir.parents:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return base / "ddpmlab" / "eval" / run_dir.name
+    return run_dir / "eval"
+
+
 def cached_evaluation(run_dir: Path, *, n: int, sampler: str, steps: int, guidance: float, seed: int = 0) -> dict:
     """evaluate_run with these settings, cached in RUN/eval/ until the weights change."""
     from .evaluate import evaluate_run
-    path = run_dir / "eval" / f"{sampler}-{steps}steps-g{guidance:g}-n{n}-seed{seed}.json"
+    name = f"{sampler}-{steps}steps-g{guidance:g}-n{n}-seed{seed}.json"
+    path = eval_dir(run_dir) / name
     weights = run_dir / "ema.safetensors"
     if path.is_file() and path.stat().st_mtime >= weights.stat().st_mtime:
         return json.loads(path.read_text())

@@ -1,0 +1,75 @@
+"""Ship a trained run as a pretrained model inside the package.
+
+    .venv/bin/python scripts/ship_pretrained.py RUN NAME [--hardware "2-core AMD EPYC CPU"] [--note TEXT]
+
+Copies config.json, the EMA weights (as ema.safetensors), metrics.jsonl, loss.png, the final
+sample grid and process figure into src/ddpmlab/pretrained/NAME/ and writes MODEL_CARD.md with
+how it was trained (preset, epochs, images seen, hardware, wall time) and, when present, the
+evaluation in RUN/eval/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from ddpmlab.report import run_summary
+from ddpmlab.run import PRETRAINED_DIR, load_config
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run")
+    ap.add_argument("name")
+    ap.add_argument("--hardware", default="2-core AMD EPYC CPU (AVX2, no native bf16), fp32, 1 thread")
+    ap.add_argument("--note", default="")
+    args = ap.parse_args()
+    run = Path(args.run)
+    dst = PRETRAINED_DIR / args.name
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "ema.safetensors", "metrics.jsonl", "loss.png", "process.png"):
+        if (run / name).is_file():
+            shutil.copyfile(run / name, dst / name)
+    if (run / "samples" / "grid.png").is_file():
+        (dst / "samples").mkdir(exist_ok=True)
+        shutil.copyfile(run / "samples" / "grid.png", dst / "samples" / "grid.png")
+    rc = load_config(run)
+    s = run_summary(run)
+    lines = [f"# Model card: `{args.name}`", "",
+             f"Class-conditional FashionMNIST diffusion model shipped with ddpmlab (`ddpmlab sample {args.name}`).", "",
+             "| | |", "|---|---|",
+             f"| preset | `{rc.preset}` ({s['params']:,} parameters) |",
+             f"| epochs completed | {s['epochs']} (+ {s['steps'] - s['epochs'] * (60000 // rc.train.batch_size)} steps of the next) |",
+             f"| optimiser steps | {s['steps']:,} at batch {rc.train.batch_size} |",
+             f"| training images seen | {s['train_images']:,} |",
+             f"| wall time | {s['train_seconds'] / 3600:.2f} h of training (snapshots excluded) |",
+             f"| images/s | {s['img_per_s']} |",
+             f"| hardware | {args.hardware} |",
+             f"| recipe | Adam lr {rc.train.lr:g}, ReduceLROnPlateau x{rc.train.lr_factor} after {rc.train.lr_patience} "
+             f"epochs (floor {rc.train.min_lr:g}), EMA {rc.train.ema_decay}, null label {rc.train.cond_drop:g} "
+             "(classifier-free guidance), linear schedule T=1000 |",
+             f"| weights | `ema.safetensors` (the EMA weights) |",
+             f"| final epoch loss | {s['final_loss']:.4f} |" if s["final_loss"] else "", ""]
+    if args.note:
+        lines += [args.note, ""]
+    evals = sorted((run / "eval").glob("*.json")) if (run / "eval").is_dir() else []
+    if evals:
+        lines += ["## Evaluation (`ddpmlab evaluate`)", "",
+                  "| sampler | steps | guidance | n | fd | fd floor | cond_acc | classifier acc on real | entropy | precision | recall | flags |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for p in evals:
+            r = json.loads(p.read_text())
+            flags = "mode collapse" if r.get("mode_collapse") else ""
+            if r.get("collapsed_classes"):
+                flags += " collapsed " + ",".join(str(c["class"]) for c in r["collapsed_classes"])
+            lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance']} | {r['n']} | {r['fd']:.2f} | "
+                         f"{r['fd_floor']:.2f} | {r['cond_acc']:.3f} | {r['classifier_test_acc']:.3f} | "
+                         f"{r['pred_entropy']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {flags.strip() or 'none'} |")
+        lines.append("")
+    (dst / "MODEL_CARD.md").write_text("\n".join(l for l in lines if l is not None) + "\n")
+    print(f"shipped {run} as {dst}")
+
+
+if __name__ == "__main__":
+    main()
