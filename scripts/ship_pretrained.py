@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+from ddpmlab.evaluate import run_eval_dir
 from ddpmlab.report import run_summary
 from ddpmlab.run import PRETRAINED_DIR, load_config
 
@@ -49,11 +50,11 @@ def main():
              f"| recipe | Adam lr {rc.train.lr:g}, ReduceLROnPlateau x{rc.train.lr_factor} after {rc.train.lr_patience} "
              f"epochs (floor {rc.train.min_lr:g}), EMA {rc.train.ema_decay}, null label {rc.train.cond_drop:g} "
              "(classifier-free guidance), linear schedule T=1000 |",
-             f"| weights | `ema.safetensors` (the EMA weights) |",
+             "| weights | `ema.safetensors` (the EMA weights) |",
              f"| final epoch loss | {s['final_loss']:.4f} |" if s["final_loss"] else "", ""]
     if args.note:
         lines += [args.note, ""]
-    evals = sorted((run / "eval").glob("*.json")) if (run / "eval").is_dir() else []
+    evals = sorted(run_eval_dir(run).glob("*.json")) if run_eval_dir(run).is_dir() else []
     if evals:
         lines += ["## Evaluation (`ddpmlab evaluate`)", "",
                   "| sampler | steps | guidance | n | fd | fd floor | cond_acc | classifier acc on real | entropy | precision | recall | flags |",

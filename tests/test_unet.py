@@ -4,7 +4,6 @@ image folders as a data source."""
 import logging
 import os
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -129,7 +129,7 @@ def cmd_classifier(args) -> None:
 def cmd_evaluate(args) -> None:
     import json
     from pathlib import Path
-    from .evaluate import evaluate_npz, evaluate_run, format_table
+    from .evaluate import cached_evaluate_run, evaluate_npz, format_table
     from .runtime import atomic_write
     kw = dict(classifier=args.classifier, inception_weights=args.inception_weights)
     src = Path(args.run_or_npz)
@@ -141,10 +141,12 @@ def cmd_evaluate(args) -> None:
     else:
         steps = 50 if args.steps is None else args.steps
         _check_steps(steps)
-        r = evaluate_run(args.run_or_npz, 1000 if args.n is None else args.n, sampler=args.sampler or "ddim",
-                         steps=steps, guidance=args.guidance or 0.0, seed=args.seed, device=args.device, **kw)
-        out = args.out or Path(r["source"]) / "eval.json"
+        r, cached = cached_evaluate_run(args.run_or_npz, 1000 if args.n is None else args.n,
+                                        sampler=args.sampler or "ddim", steps=steps, guidance=args.guidance or 0.0,
+                                        seed=args.seed, device=args.device, **kw)
+        out = args.out or cached
     print(format_table(r))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda p: p.write_text(json.dumps(r, indent=2) + "\n"))
     print(f"json: {out}")
 
@@ -239,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classifier", help="the evaluation classifier: train it, or test it")
     p.add_argument("action", choices=("train", "test"))
-    p.add_argument("--out", help="weights file (default: the shipped pretrained/classifier.safetensors)")
+    p.add_argument("--out", "--weights", dest="out",
+                   help="weights file to write or test (default: the shipped pretrained/classifier.safetensors)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir")

@@ -33,6 +33,7 @@ weights file and torch-fidelity can be imported; nothing is ever downloaded.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -48,6 +49,7 @@ from threadpoolctl import threadpool_limits
 from .classifier import PRETRAINED, load_classifier, predict
 from .config import ConfigError
 from .data import FASHION_CLASSES, load_fashion_mnist, to_uint8
+from .runtime import atomic_write
 
 log = logging.getLogger("ddpmlab.evaluate")
 
@@ -381,6 +383,34 @@ def evaluate_images(images_u8: torch.Tensor, labels: torch.Tensor | None = None,
 def evaluate_npz(path, n: int | None = None, **kw) -> dict:
     images, labels, note = load_samples(path, n)
     return evaluate_images(images, labels, source=str(path), input_range=note, **kw)
+
+
+def run_eval_dir(run_dir) -> Path:
+    """Where a run's evaluations are kept: RUN/eval, or for a model shipped inside the package,
+    the user cache (never the package)."""
+    from .run import PRETRAINED_DIR
+    run_dir = Path(run_dir).resolve()
+    if PRETRAINED_DIR.resolve() in run_dir.parents:
+        return eval_cache_dir() / run_dir.name
+    return run_dir / "eval"
+
+
+def cached_evaluate_run(run, n: int = 1000, *, sampler: str = "ddim", steps: int = 50, guidance: float = 0.0,
+                        seed: int = 0, device: str = "auto", **kw) -> tuple[dict, Path]:
+    """evaluate_run, kept as RUN/eval/SAMPLER-STEPSsteps-gW-nN-seedS.json and reused until the
+    weights change; `report` and `evaluate` share it. Returns the result and its file."""
+    from .run import resolve_run
+    run_dir = resolve_run(run)
+    path = run_eval_dir(run_dir) / f"{sampler}-{steps}steps-g{guidance:g}-n{n}-seed{seed}.json"
+    reusable = not any(kw.values()) and path.is_file() and \
+        path.stat().st_mtime >= (run_dir / "ema.safetensors").stat().st_mtime
+    if reusable:
+        return json.loads(path.read_text()), path
+    r = evaluate_run(run_dir, n, sampler=sampler, steps=steps, guidance=guidance, seed=seed, device=device, **kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(r, indent=2) + "\n"
+    atomic_write(path, lambda p: p.write_text(text))
+    return r, path
 
 
 def evaluate_run(run, n: int = 1000, *, sampler: str = "ddim", steps: int = 50, guidance: float = 0.0,

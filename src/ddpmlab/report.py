@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import os
 import shutil
@@ -22,8 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .config import ConfigError  # noqa: E402
+from .evaluate import cached_evaluate_run  # noqa: E402
 from .models import build_model, count_parameters  # noqa: E402
-from .run import PRETRAINED_DIR, load_config, read_metrics, resolve_run, write_json  # noqa: E402
+from .run import load_config, read_metrics, resolve_run  # noqa: E402
 from .runtime import atomic_write  # noqa: E402
 
 # preset -> (section title, what the write-up says / what to look for)
@@ -82,29 +82,6 @@ def run_summary(run_dir: Path) -> dict:
             "final_loss": epochs[-1]["loss"] if epochs else (steps[-1]["loss"] if steps else None),
             "conditional": bool(rc.model.num_classes), "fashion": (rc.model.image_size, rc.model.in_channels) == (28, 1),
             "last_epoch": epochs[-1] if epochs else {}}
-
-
-def eval_dir(run_dir: Path) -> Path:
-    """RUN/eval, or for a model shipped inside the package, the user cache (never the package)."""
-    run_dir = Path(run_dir).resolve()
-    if PRETRAINED_DIR.resolve() in run_dir.parents:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return base / "ddpmlab" / "eval" / run_dir.name
-    return run_dir / "eval"
-
-
-def cached_evaluation(run_dir: Path, *, n: int, sampler: str, steps: int, guidance: float, seed: int = 0) -> dict:
-    """evaluate_run with these settings, cached in RUN/eval/ until the weights change."""
-    from .evaluate import evaluate_run
-    name = f"{sampler}-{steps}steps-g{guidance:g}-n{n}-seed{seed}.json"
-    path = eval_dir(run_dir) / name
-    weights = run_dir / "ema.safetensors"
-    if path.is_file() and path.stat().st_mtime >= weights.stat().st_mtime:
-        return json.loads(path.read_text())
-    r = evaluate_run(run_dir, n, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, r)
-    return r
 
 
 def snapshot_strip(run_dir: Path, out: Path, label: int = 0, max_rows: int = 10) -> Path | None:
@@ -206,7 +183,7 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str = "ddim", steps:
     if evaluate:
         for p, d in by_preset.items():
             if summaries[p]["fashion"]:
-                results[p] = cached_evaluation(d, n=n, sampler=sampler, steps=steps, guidance=guidance)
+                results[p] = cached_evaluate_run(d, n, sampler=sampler, steps=steps, guidance=guidance)[0]
 
     blocks = [Block("heading", title, level=1)]
     if intro:
