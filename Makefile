@@ -1,4 +1,4 @@
-# make demo: train a small class-conditional model for a few minutes and draw its figures.
+# make demo: a tour of the shipped model: samples, generation process, evaluation, report.
 # make test: the test suite. Both create .venv and make sure FashionMNIST is there.
 PY      := .venv/bin/python
 DDPMLAB := .venv/bin/ddpmlab
@@ -19,11 +19,11 @@ data: install
 	$(DDPMLAB) data
 
 demo: data
-	$(DDPMLAB) train --preset resnet-class --set channels=32 --set num_blocks=6 --max-steps 500 \
-		--snapshot-steps 20 --out $(DEMO)/resnet-class
-	$(DDPMLAB) sample $(DEMO)/resnet-class --labels all --n 80 --steps 50 --grid $(DEMO)/samples.png --npz $(DEMO)/samples.npz
-	$(DDPMLAB) process $(DEMO)/resnet-class --out $(DEMO)/process.png
-	@echo "demo done: look at $(DEMO)/samples.png, $(DEMO)/process.png, $(DEMO)/resnet-class/loss.png"
+	$(DDPMLAB) sample fmnist --labels all --n 100 --grid $(DEMO)/samples.png --npz $(DEMO)/samples.npz
+	$(DDPMLAB) process fmnist --out $(DEMO)/process.png
+	$(DDPMLAB) evaluate fmnist --n 1000 --out $(DEMO)/eval.json
+	$(DDPMLAB) report fmnist --n 1000 --out $(DEMO)/report
+	@echo "demo done: look at $(DEMO)/samples.png, $(DEMO)/process.png, $(DEMO)/eval.json and $(DEMO)/report/report.html"
 
 test: data
 	$(PY) -m pytest

@@ -51,7 +51,7 @@ def main():
              f"epochs (floor {rc.train.min_lr:g}), EMA {rc.train.ema_decay}, null label {rc.train.cond_drop:g} "
              "(classifier-free guidance), linear schedule T=1000 |",
              "| weights | `ema.safetensors` (the EMA weights) |",
-             f"| final epoch loss | {s['final_loss']:.4f} |" if s["final_loss"] else "", ""]
+             f"| last logged loss | {s['final_loss']:.4f} |" if s["final_loss"] else "", ""]
     if args.note:
         lines += [args.note, ""]
     evals = sorted(run_eval_dir(run).glob("*.json")) if run_eval_dir(run).is_dir() else []

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ddpmlab import cli
 from ddpmlab.classifier import PRETRAINED, read_info
 from ddpmlab.data import load_fashion_mnist
+from ddpmlab.diffusion import DEFAULT_SAMPLER
 from ddpmlab.evaluate import evaluate_images, evaluate_run, frechet_distance, precision_recall, reference
 
 N = 500
@@ -136,7 +137,7 @@ def test_a_run_is_sampled_and_evaluated(tmp_path):
     save_weights(model, tmp_path / "model.safetensors")
     save_weights(model, tmp_path / "ema.safetensors")
     r = evaluate_run(tmp_path, n=20, steps=2, device="cpu")
-    assert r["n"] == 20 and r["sampler"] == "ddim" and r["steps"] == 2 and r["guidance"] == 0.0
+    assert r["n"] == 20 and r["sampler"] == DEFAULT_SAMPLER and r["steps"] == 2 and r["guidance"] == 0.0
     assert r["fd"] > r["fd_floor"]                       # an untrained net makes noise
     assert r["pred_hist"] and sum(r["pred_hist"]) == 20
 

@@ -7,6 +7,9 @@ import logging
 import sys
 
 from . import config as C
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
+
+SAMPLER_NAMES = tuple(SAMPLERS)
 
 EXIT_USAGE = 2
 
@@ -139,10 +142,10 @@ def cmd_evaluate(args) -> None:
         r = evaluate_npz(src, args.n, sampler=args.sampler, steps=args.steps, guidance=args.guidance, **kw)
         out = args.out or src.with_suffix(".eval.json")
     else:
-        steps = 50 if args.steps is None else args.steps
+        steps = DEFAULT_STEPS if args.steps is None else args.steps
         _check_steps(steps)
         r, cached = cached_evaluate_run(args.run_or_npz, 1000 if args.n is None else args.n,
-                                        sampler=args.sampler or "ddim", steps=steps, guidance=args.guidance or 0.0,
+                                        sampler=args.sampler or DEFAULT_SAMPLER, steps=steps, guidance=args.guidance or 0.0,
                                         seed=args.seed, device=args.device, **kw)
         out = args.out or cached
     print(format_table(r))
@@ -201,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_train)
 
-    def sampling_flags(p, steps=50):
+    def sampling_flags(p, steps=DEFAULT_STEPS):
         p.add_argument("run", help="run directory or shipped model name")
-        p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm++2m"))
+        p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES)
         p.add_argument("--steps", type=int, default=steps)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
@@ -228,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="sample quality beside its floor on real data (classifier FD, ...)")
     p.add_argument("run_or_npz", metavar="RUN_OR_NPZ", help="run directory, shipped model name, or .npz of samples")
     p.add_argument("--n", type=int, help="samples to draw (default 1000) or to read from the .npz (default all)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim", "dpm++2m"), help="default ddim")
-    p.add_argument("--steps", type=int, help="default 50")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, help=f"default {DEFAULT_SAMPLER}")
+    p.add_argument("--steps", type=int, help=f"default {DEFAULT_STEPS}")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
@@ -252,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--out", default="report")
     p.add_argument("--n", type=int, default=1000, help="samples evaluated per run")
-    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm++2m"))
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--guidance", type=float, default=0.0)
     p.add_argument("--no-eval", action="store_true", help="figures only, no evaluation")
     p.set_defaults(fn=cmd_report)

@@ -180,6 +180,9 @@ def dpmpp_2m(eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, noise=No
 
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++2m": dpmpp_2m}
+# the default of `sample`, `process`, `evaluate` and `report`: second order, 20 network
+# evaluations (see README, "Samplers": quality against the number of evaluations)
+DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm++2m", 20
 
 
 def get_sampler(name: str):
@@ -219,8 +222,8 @@ def guided_eps(model, labels: torch.Tensor | None, guidance: float, null_label: 
 
 
 @torch.inference_mode()
-def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: str = "ddim",
-             steps: int = 50, eta: float | None = None, guidance: float = 0.0, null_label: int = 0,
+def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: str = DEFAULT_SAMPLER,
+             steps: int = DEFAULT_STEPS, eta: float | None = None, guidance: float = 0.0, null_label: int = 0,
              clip: bool = True, callback=None, device="cpu", batch_size: int = 256) -> torch.Tensor:
     """Draw len(seeds) images of `shape` (C, H, W) in [-1, 1]; returns a float32 CPU tensor."""
     fn = get_sampler(sampler)

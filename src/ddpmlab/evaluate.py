@@ -49,6 +49,7 @@ from threadpoolctl import threadpool_limits
 from .classifier import PRETRAINED, load_classifier, predict
 from .config import ConfigError
 from .data import FASHION_CLASSES, load_fashion_mnist, to_uint8
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .runtime import atomic_write
 
 log = logging.getLogger("ddpmlab.evaluate")
@@ -395,7 +396,7 @@ def run_eval_dir(run_dir) -> Path:
     return run_dir / "eval"
 
 
-def cached_evaluate_run(run, n: int = 1000, *, sampler: str = "ddim", steps: int = 50, guidance: float = 0.0,
+def cached_evaluate_run(run, n: int = 1000, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance: float = 0.0,
                         seed: int = 0, device: str = "auto", **kw) -> tuple[dict, Path]:
     """evaluate_run, kept as RUN/eval/SAMPLER-STEPSsteps-gW-nN-seedS.json and reused until the
     weights change; `report` and `evaluate` share it. Returns the result and its file."""
@@ -413,7 +414,7 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str = "ddim", steps: int
     return r, path
 
 
-def evaluate_run(run, n: int = 1000, *, sampler: str = "ddim", steps: int = 50, guidance: float = 0.0,
+def evaluate_run(run, n: int = 1000, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance: float = 0.0,
                  seed: int = 0, device: str = "auto", **kw) -> dict:
     """Draw n samples from a run (labels cycling 0..9 when conditional) and evaluate them."""
     from .sample import load_run, sample

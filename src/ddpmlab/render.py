@@ -11,7 +11,7 @@ import torch
 
 from . import plots
 from .config import ConfigError
-from .diffusion import PerImageNoise, Schedule, generate, make_timesteps
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, PerImageNoise, Schedule, generate, make_timesteps
 from .data import FASHION_CLASSES
 
 
@@ -33,8 +33,8 @@ def make_labels(num_classes: int, n: int, label: int | None = None, all_labels: 
     return torch.arange(n) % num_classes
 
 
-def sample(model, schedule: Schedule, cfg, n: int, *, labels=None, seed: int = 0, sampler: str = "ddim",
-           steps: int = 50, guidance: float = 0.0, eta=None, device="cpu", callback=None) -> torch.Tensor:
+def sample(model, schedule: Schedule, cfg, n: int, *, labels=None, seed: int = 0,
+           sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance: float = 0.0, eta=None, device="cpu", callback=None) -> torch.Tensor:
     """n images in [-1, 1]; image i uses seed (seed, i) whatever batch it is drawn in."""
     if guidance and not cfg.num_classes:
         raise ConfigError("--guidance needs a class-conditional model")
@@ -81,7 +81,7 @@ def snapshots(model, schedule, cfg, snap_dir: Path, epoch: int, *, per_class: in
 
 
 def process_figure(model, schedule, cfg, path, *, n: int = 4, label: int | None = None, seed: int = 0,
-                   sampler: str = "ddim", steps: int = 50, columns: int = 10, device="cpu", **kw) -> None:
+                   sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, columns: int = 10, device="cpu", **kw) -> None:
     """Rows: samples; columns: x_t at ~`columns` evenly spaced steps from pure noise to the end,
     each with the predicted x0 beneath it."""
     labels = make_labels(cfg.num_classes, n, label)

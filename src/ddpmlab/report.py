@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .config import ConfigError  # noqa: E402
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: E402
 from .evaluate import cached_evaluate_run  # noqa: E402
 from .models import build_model, count_parameters  # noqa: E402
 from .run import load_config, read_metrics, resolve_run  # noqa: E402
@@ -169,7 +170,7 @@ def findings(summaries: dict, results: dict) -> list[str]:
     return out
 
 
-def build(runs: list, out: Path, *, n: int = 1000, sampler: str = "ddim", steps: int = 50, guidance: float = 0.0,
+def build(runs: list, out: Path, *, n: int = 1000, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance: float = 0.0,
           evaluate: bool = True, title: str = "ddpmlab: the write-up, regenerated", intro: str = "") -> list[Block]:
     run_dirs = [resolve_run(r) for r in runs]
     if not run_dirs:

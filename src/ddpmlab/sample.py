@@ -17,7 +17,7 @@ import torch
 from . import plots, render
 from .config import ConfigError
 from .data import to_uint8
-from .diffusion import Schedule, make_schedule
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, Schedule, make_schedule
 from .run import RunConfig, load_model, resolve_run
 from .runtime import atomic_write, resolve_device
 
@@ -51,7 +51,7 @@ def _labels(run: LoadedRun, n: int, labels) -> torch.Tensor | None:
     return render.make_labels(run.num_classes, n, labels)
 
 
-def sample(run: LoadedRun, n: int, *, labels=None, sampler: str = "ddim", steps: int = 50,
+def sample(run: LoadedRun, n: int, *, labels=None, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
            guidance: float = 0.0, seed: int = 0, eta: float | None = None):
     """n samples in [-1, 1] and their labels (None for unconditional models). labels: None
     (conditional models: cycle 0..K-1), an int, or "all"."""
@@ -90,8 +90,8 @@ def save_grid(run: LoadedRun, images: torch.Tensor, labels, path) -> None:
     plots.save_grid(images, path, ncol=min(10, math.ceil(math.sqrt(images.shape[0]))))
 
 
-def process(run: LoadedRun, out, *, label: int | None = None, n: int = 4, sampler: str = "ddim",
-            steps: int = 50, seed: int = 0, guidance: float = 0.0) -> Path:
+def process(run: LoadedRun, out, *, label: int | None = None, n: int = 4, sampler: str = DEFAULT_SAMPLER,
+            steps: int = DEFAULT_STEPS, seed: int = 0, guidance: float = 0.0) -> Path:
     """The generation-process figure: rows samples, columns x_t from noise to image, pred x0 beneath."""
     render.process_figure(run.model, run.schedule, run.config.model, out, n=n, label=label, seed=seed,
                           sampler=sampler, steps=steps, guidance=guidance, device=run.device)
