@@ -54,7 +54,8 @@ def reproduce(out, budget: str = "quick", presets=None, progress: bool = True, *
         resume = (run_dir / "state.pt").is_file()
         log.info("%s: %s", preset, "resuming" if resume else "training")
         if resume:
-            train(run_dir, resume=True, progress=progress)
+            # the budget's length wins over whatever the interrupted run was started with
+            train(run_dir, resume=True, progress=progress, epochs=rc.train.epochs, max_steps=rc.train.max_steps)
         else:
             train(run_dir, rc, progress=progress)
     log.info("training done in %.1f min; evaluating and writing the report", (time.time() - t0) / 60)
