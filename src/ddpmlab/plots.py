@@ -85,10 +85,11 @@ def plot_loss(metrics: list[dict], path, title: str = "") -> None:
         s = np.array([m["step"] for m in steps])
         y = np.array([m["loss"] for m in steps])
         ax.plot(s, y, color="tab:blue", alpha=0.3, lw=0.8, label="loss (per logged step)")
-        ax.plot(s, _ema_smooth(y, 0.9), color="tab:blue", lw=1.6, label="smoothed")
+        ax.plot(s, _smooth(y), color="tab:blue", lw=1.6, label="smoothed")
     if epochs:
-        ax.plot([m["step"] for m in epochs], [m["loss"] for m in epochs], "o-", color="tab:orange",
-                lw=1.6, ms=4, label="epoch mean")
+        ends = [m["step"] for m in epochs]
+        mids = [(a + b) / 2 for a, b in zip([0] + ends[:-1], ends)]   # a mean over the epoch sits at its middle
+        ax.plot(mids, [m["loss"] for m in epochs], "o-", color="tab:orange", lw=1.6, ms=4, label="epoch mean")
     lr_prev = None
     for m in epochs:
         if lr_prev is not None and m["lr"] < lr_prev * 0.999:
@@ -107,12 +108,16 @@ def plot_loss(metrics: list[dict], path, title: str = "") -> None:
     _savefig(fig, path)
 
 
-def _ema_smooth(y: np.ndarray, beta: float) -> np.ndarray:
-    out, acc = np.empty_like(y, dtype=float), 0.0
-    for i, v in enumerate(y):
-        acc = beta * acc + (1 - beta) * v
-        out[i] = acc / (1 - beta ** (i + 1))   # bias-corrected, as Adam's moments
-    return out
+def _smooth(y: np.ndarray) -> np.ndarray:
+    """Centred moving average over ~1/20 of the curve (each point is already the mean of a
+    logging window); unlike an EMA it does not lag behind a falling loss."""
+    w = max(1, len(y) // 20)
+    if w == 1:
+        return y.astype(float)
+    kernel = np.ones(w)
+    num = np.convolve(y, kernel, mode="same")
+    den = np.convolve(np.ones_like(y, dtype=float), kernel, mode="same")   # shorter windows at the edges
+    return num / den
 
 
 def plot_process(frames: list[tuple[int, torch.Tensor, torch.Tensor]], path, row_labels=None) -> None:
