@@ -27,6 +27,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .runtime import atomic_write
+
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
@@ -271,17 +273,22 @@ def load_image_folder(path, size: int = 64, channels: int = 3, progress: bool = 
     else:
         images, labs = _decode_all(root, files, labels, size, channels, progress)
         cache.mkdir(parents=True, exist_ok=True)
-        np.save(cache / "images.tmp.npy", images)
-        os.replace(cache / "images.tmp.npy", cache / "images.npy")
+        _save_npy(cache / "images.npy", images)
         if labs is not None:
-            np.save(cache / "labels.tmp.npy", labs)
-            os.replace(cache / "labels.tmp.npy", cache / "labels.npy")
+            _save_npy(cache / "labels.npy", labs)
         meta = {"folder": str(root.resolve()), "size": size, "channels": channels, "files": len(files),
                 "images": len(images), "labelled": labs is not None, "class_names": list(names)}
-        (cache / "meta.tmp.json").write_text(json.dumps(meta, indent=2))
-        os.replace(cache / "meta.tmp.json", cache / "meta.json")     # written last: marks the cache complete
+        # written last: marks the cache complete
+        atomic_write(cache / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
     return ImageSet(torch.from_numpy(images), None if labs is None else torch.from_numpy(labs),
                     len(names), tuple(names), str(root))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:   # a file object: np.save would append .npy to a bare path
+            np.save(f, array)
+    atomic_write(path, write)
 
 
 def _decode_all(root, files, labels, size, channels, progress):

@@ -74,7 +74,11 @@ def save_npz(path, images: torch.Tensor, labels: torch.Tensor | None = None) -> 
         arrays["arr_1"] = labels.numpy().astype(np.int64)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: np.savez(open(p, "wb"), **arrays))
+
+    def write(tmp):
+        with open(tmp, "wb") as f:   # a file object: np.savez would append .npz to a bare path
+            np.savez(f, **arrays)
+    atomic_write(path, write)
 
 
 def save_grid(run: LoadedRun, images: torch.Tensor, labels, path) -> None:
