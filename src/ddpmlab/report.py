@@ -190,11 +190,14 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str = DEFAULT_SAMPLE
     if intro:
         blocks.append(Block("text", intro))
     blocks.append(Block("heading", "Results", level=2))
-    blocks.append(Block("text", f"Every row is evaluated the same way: `ddpmlab evaluate RUN --n {n} --sampler "
-                        f"{sampler} --steps {steps} --guidance {guidance:g}`. fd is the Fréchet distance in the "
-                        "feature space of ddpmlab's FashionMNIST classifier against the 10k test images; fd floor is "
-                        f"the same for {n} real training images. cond_acc: fraction of samples classified as the "
-                        "requested class. Class entropy in nats (uniform = 2.303)."))
+    if not evaluate:
+        blocks.append(Block("text", "Not evaluated (`--no-eval`): figures and training records only."))
+    else:
+        blocks.append(Block("text", f"Every row is evaluated the same way: `ddpmlab evaluate RUN --n {n} "
+                            f"--sampler {sampler} --steps {steps} --guidance {guidance:g}`. fd is the Fréchet "
+                            "distance in the feature space of ddpmlab's FashionMNIST classifier against the 10k test "
+                            f"images; fd floor is the same for {n} real training images. cond_acc: fraction of "
+                            "samples classified as the requested class. Class entropy in nats (uniform = 2.303)."))
     order = sorted(by_preset, key=lambda p: ORDER.index(p) if p in ORDER else len(ORDER))
     blocks.append(Block("table", header=RESULT_HEADER, rows=[result_row(summaries[p], results.get(p)) for p in order]))
     for line in findings(summaries, results):
