@@ -287,9 +287,8 @@ class Trainer:
             if self.batch_pos == 0:
                 self.perm = torch.randperm(len(self.images), generator=self.perm_gen)
                 self.epoch_loss_sum.zero_()
-                self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0
-            elif not hasattr(self, "epoch_t0"):
-                self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0
+            # images/s of this epoch count from here (from the resume point mid-epoch)
+            self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0
             perm = self.perm.to(self.device)
             self.model.train()
             while self.batch_pos < self.batches_per_epoch:
@@ -345,7 +344,6 @@ class Trainer:
         self.plateau.step(epoch_loss)
         self.epoch += 1
         self.batch_pos = 0
-        del self.epoch_t0
         tc = self.rc.train
         scores = {}
         if tc.snapshot_steps and self.rank == 0:
