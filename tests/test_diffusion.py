@@ -82,7 +82,8 @@ def test_ddim_trajectory_matches_diffusers(eta, steps):
     g = torch.Generator().manual_seed(2)
     traj_ref = []
     for t in ref.timesteps:
-        x_ref = ref.step(dummy_eps(x_ref, t.expand(4)), t, x_ref, eta=eta, generator=g).prev_sample
+        x_ref = ref.step(dummy_eps(x_ref, t.expand(4)), t, x_ref, eta=eta, use_clipped_model_output=True,
+                         generator=g).prev_sample
         traj_ref.append(x_ref)
     # diffusers also draws (unused) noise at the last step; ours draws only where it is used
     g = torch.Generator().manual_seed(2)

@@ -1,0 +1,49 @@
+"""Sampling speed against the sampling batch size, for one model, in one run.
+
+    .venv/bin/python benchmarks/sample_batch_size.py [RUN] [--n 256] [--steps 10] [--batches 32,64,128,256]
+
+Times `generate` (DPM-Solver++(2M), labels cycling 0..9) drawing the same n images at each batch
+size; prints images/s, the median of --repeats runs, and the ratio to the largest batch.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from ddpmlab.diffusion import generate
+from ddpmlab.sample import load_run
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run", nargs="?", default="fmnist")
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batches", default="32,64,128,256")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    run = load_run(args.run, device="cpu")
+    cfg = run.config.model
+    labels = torch.arange(args.n) % cfg.num_classes if cfg.num_classes else None
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.run}: {args.n} samples, "
+          f"dpm++2m, {args.steps} steps")
+    res = {}
+    for b in [int(v) for v in args.batches.split(",")]:
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            generate(run.model, run.schedule, (cfg.in_channels, cfg.image_size, cfg.image_size),
+                     seeds=range(args.n), labels=labels, sampler="dpm++2m", steps=args.steps,
+                     null_label=cfg.num_classes, batch_size=b)
+            times.append(time.perf_counter() - t0)
+        res[b] = args.n / statistics.median(times)
+    top = res[max(res)]
+    for b, v in res.items():
+        print(f"batch {b:4d}: {v:7.1f} img/s  ({v / top:.2f}x batch {max(res)})")
+
+
+if __name__ == "__main__":
+    main()
