@@ -1,11 +1,14 @@
 """Ship a trained run as a pretrained model inside the package.
 
     .venv/bin/python scripts/ship_pretrained.py RUN NAME [--hardware "2-core AMD EPYC CPU"] [--note TEXT]
+        [--sampler S --steps K --guidance W]
 
 Copies config.json, the EMA weights (as ema.safetensors), metrics.jsonl, loss.png, the final
 sample grid and process figure into src/ddpmlab/pretrained/NAME/ and writes MODEL_CARD.md with
 how it was trained (preset, epochs, images seen, hardware, wall time) and, when present, the
-evaluation in RUN/eval/.
+evaluation in RUN/eval/. --sampler/--steps/--guidance become the shipped model's own sampling
+defaults (config.json "sampling"), used by `sample`, `process`, `evaluate` and `report` unless
+flags say otherwise.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ from pathlib import Path
 
 from ddpmlab.evaluate import run_eval_dir
 from ddpmlab.report import run_summary
-from ddpmlab.run import PRETRAINED_DIR, load_config
+from ddpmlab import config as C
+from ddpmlab.run import PRETRAINED_DIR, load_config, save_config
+from ddpmlab.sample import sampling_settings
 
 
 def main():
@@ -25,6 +30,9 @@ def main():
     ap.add_argument("name")
     ap.add_argument("--hardware", default="2-core AMD EPYC CPU (AVX2, no native bf16), fp32, 1 thread")
     ap.add_argument("--note", default="")
+    ap.add_argument("--sampler")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--guidance", type=float)
     args = ap.parse_args()
     run = Path(args.run)
     dst = PRETRAINED_DIR / args.name
@@ -36,6 +44,8 @@ def main():
         (dst / "samples").mkdir(exist_ok=True)
         shutil.copyfile(run / "samples" / "grid.png", dst / "samples" / "grid.png")
     rc = load_config(run)
+    rc.sampling = C.from_dict(C.SamplingConfig, {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance})
+    save_config(dst, rc)
     s = run_summary(run)
     lines = [f"# Model card: `{args.name}`", "",
              f"Class-conditional FashionMNIST diffusion model shipped with ddpmlab (`ddpmlab sample {args.name}`).", "",
@@ -51,7 +61,8 @@ def main():
              f"epochs (floor {rc.train.min_lr:g}), EMA {rc.train.ema_decay}, null label {rc.train.cond_drop:g} "
              "(classifier-free guidance), linear schedule T=1000 |",
              "| weights | `ema.safetensors` (the EMA weights) |",
-             f"| last logged loss | {s['final_loss']:.4f} |" if s["final_loss"] else "", ""]
+             f"| last logged loss | {s['final_loss']:.4f} |" if s["final_loss"] else "",
+             f"| sampling defaults | {sampling_settings(rc)} (sampler, steps, guidance; flags override) |", ""]
     if args.note:
         lines += [args.note, ""]
     evals = sorted(run_eval_dir(run).glob("*.json")) if run_eval_dir(run).is_dir() else []

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ddpmlab import cli
 from ddpmlab.classifier import PRETRAINED, read_info
+from ddpmlab.config import ConfigError
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.diffusion import DEFAULT_SAMPLER
 from ddpmlab.evaluate import evaluate_images, evaluate_run, frechet_distance, precision_recall, reference
@@ -140,6 +141,56 @@ def test_a_run_is_sampled_and_evaluated(tmp_path):
     assert r["n"] == 20 and r["sampler"] == DEFAULT_SAMPLER and r["steps"] == 2 and r["guidance"] == 0.0
     assert r["fd"] > r["fd_floor"]                       # an untrained net makes noise
     assert r["pred_hist"] and sum(r["pred_hist"]) == 20
+
+
+def _untrained_run(path, sampling=None):
+    from ddpmlab.config import SamplingConfig
+    from ddpmlab.models import build_model
+    from ddpmlab.run import save_config, save_weights
+    from ddpmlab.train import make_run_config
+    rc = make_run_config("unet-small", {"channels": 8, "channel_mults": (1, 2), "time_dim": 16}, device="cpu")
+    if sampling:
+        rc.sampling = SamplingConfig(**sampling)
+    model = build_model(rc.model)
+    for p in model.parameters():        # no zero-initialised layers: guidance must change the samples
+        torch.nn.init.normal_(p, std=0.05)
+    save_config(path, rc)
+    save_weights(model, path / "model.safetensors")
+    save_weights(model, path / "ema.safetensors")
+    return path
+
+
+def test_a_run_carries_its_own_sampling_settings(tmp_path):
+    from ddpmlab.run import load_config
+    from ddpmlab.sample import load_run, sample
+    run_dir = _untrained_run(tmp_path, {"sampler": "ddim", "steps": 3, "guidance": 2.0})
+    assert json.loads((run_dir / "config.json").read_text())["sampling"] == {"sampler": "ddim", "steps": 3, "guidance": 2.0}
+    run = load_run(run_dir, device="cpu")
+    own, _ = sample(run, 4, labels="all")
+    explicit, _ = sample(run, 4, labels="all", sampler="ddim", steps=3, guidance=2.0)
+    plain, _ = sample(run, 4, labels="all", sampler="ddim", steps=3, guidance=0.0)
+    torch.testing.assert_close(own, explicit)
+    assert (own - plain).abs().max() > 1e-3
+    r = evaluate_run(run_dir, n=10, device="cpu")                       # flags given win over the run's
+    assert (r["sampler"], r["steps"], r["guidance"]) == ("ddim", 3, 2.0)
+    r = evaluate_run(run_dir, n=10, guidance=0.0, steps=2, device="cpu")
+    assert (r["sampler"], r["steps"], r["guidance"]) == ("ddim", 2, 0.0)
+    # run directories written before the "sampling" section existed still load, with the defaults
+    cfg = json.loads((run_dir / "config.json").read_text())
+    del cfg["sampling"]
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    assert load_config(run_dir).sampling.sampler is None
+
+
+def test_bad_sampling_settings_are_refused(tmp_path):
+    from ddpmlab.run import RunError, load_config
+    run_dir = _untrained_run(tmp_path)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    for bad, needle in (({"sampler": "euler"}, "valid: ddpm, ddim, dpm++2m"), ({"steps": 0}, "steps must be"),
+                        ({"guidanse": 1.0}, "unknown SamplingConfig keys")):
+        (run_dir / "config.json").write_text(json.dumps({**cfg, "sampling": bad}))
+        with pytest.raises((ConfigError, RunError), match=needle.replace("+", r"\+")):
+            load_config(run_dir)
 
 
 BAD = {

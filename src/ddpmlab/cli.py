@@ -81,8 +81,8 @@ def cmd_train(args) -> None:
     print(f"{out}: {state} after {result['steps']} steps, {result['epochs']} epochs")
 
 
-def _check_steps(steps: int) -> None:
-    if steps < 1:
+def _check_steps(steps: int | None) -> None:
+    if steps is not None and steps < 1:
         raise C.ConfigError(f"--steps must be >= 1, got {steps}")
 
 
@@ -142,10 +142,10 @@ def cmd_evaluate(args) -> None:
         r = evaluate_npz(src, args.n, sampler=args.sampler, steps=args.steps, guidance=args.guidance, **kw)
         out = args.out or src.with_suffix(".eval.json")
     else:
-        steps = DEFAULT_STEPS if args.steps is None else args.steps
-        _check_steps(steps)
+        if args.steps is not None:
+            _check_steps(args.steps)
         r, cached = cached_evaluate_run(args.run_or_npz, 1000 if args.n is None else args.n,
-                                        sampler=args.sampler or DEFAULT_SAMPLER, steps=steps, guidance=args.guidance or 0.0,
+                                        sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                         seed=args.seed, device=args.device, **kw)
         out = args.out or cached
     print(format_table(r))
@@ -204,10 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_train)
 
-    def sampling_flags(p, steps=DEFAULT_STEPS):
+    own = "the run's own (config.json \"sampling\"), else"
+
+    def sampling_flags(p):
         p.add_argument("run", help="run directory or shipped model name")
-        p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES)
-        p.add_argument("--steps", type=int, default=steps)
+        p.add_argument("--sampler", choices=SAMPLER_NAMES, help=f"default: {own} {DEFAULT_SAMPLER}")
+        p.add_argument("--steps", type=int, help=f"default: {own} {DEFAULT_STEPS}")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
 
@@ -216,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--label", type=int, help="class to draw (default: cycle all classes)")
     p.add_argument("--labels", help="'all': cycle the labels 0..K-1")
-    p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight (0 = conditional)")
+    p.add_argument("--guidance", type=float,
+                   help=f"classifier-free guidance weight, 0 = plain conditional (default: {own} 0)")
     p.add_argument("--grid")
     p.add_argument("--npz")
     p.set_defaults(fn=cmd_sample)
@@ -231,9 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="sample quality beside its floor on real data (classifier FD, ...)")
     p.add_argument("run_or_npz", metavar="RUN_OR_NPZ", help="run directory, shipped model name, or .npz of samples")
     p.add_argument("--n", type=int, help="samples to draw (default 1000) or to read from the .npz (default all)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, help=f"default {DEFAULT_SAMPLER}")
-    p.add_argument("--steps", type=int, help=f"default {DEFAULT_STEPS}")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance weight (default 0)")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, help=f"default: {own} {DEFAULT_SAMPLER}")
+    p.add_argument("--steps", type=int, help=f"default: {own} {DEFAULT_STEPS}")
+    p.add_argument("--guidance", type=float, help=f"classifier-free guidance weight (default: {own} 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--out", help="JSON file (default RUN/eval.json or NPZ with .eval.json)")
@@ -255,9 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--out", default="report")
     p.add_argument("--n", type=int, default=1000, help="samples evaluated per run")
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES)
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--guidance", type=float, default=0.0)
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, help=f"default: each run's own, else {DEFAULT_SAMPLER}")
+    p.add_argument("--steps", type=int, help=f"default: each run's own, else {DEFAULT_STEPS}")
+    p.add_argument("--guidance", type=float, help="default: each run's own, else 0")
     p.add_argument("--no-eval", action="store_true", help="figures only, no evaluation")
     p.set_defaults(fn=cmd_report)
 

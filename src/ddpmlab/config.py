@@ -57,6 +57,24 @@ class DiffusionConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """A run's own defaults for `sample`, `process`, `evaluate` and `report` (config.json
+    "sampling"); None: ddpmlab's (dpm++2m, 20 steps, guidance 0). A shipped model keeps here the
+    settings its model card was measured with. Flags given on the command line win."""
+    sampler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+
+    def validate(self) -> "SamplingConfig":
+        from .diffusion import SAMPLERS
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampling.sampler {self.sampler!r} is not a sampler; valid: {', '.join(SAMPLERS)}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"sampling.steps must be >= 1, got {self.steps}")
+        return self
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 20                # the write-up's ~20 epochs
     batch_size: int = 64            # the write-up's minibatch

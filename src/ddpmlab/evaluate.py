@@ -49,7 +49,6 @@ from threadpoolctl import threadpool_limits
 from .classifier import PRETRAINED, load_classifier, predict
 from .config import ConfigError
 from .data import FASHION_CLASSES, load_fashion_mnist, to_uint8
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .runtime import atomic_write
 
 log = logging.getLogger("ddpmlab.evaluate")
@@ -396,12 +395,15 @@ def run_eval_dir(run_dir) -> Path:
     return run_dir / "eval"
 
 
-def cached_evaluate_run(run, n: int = 1000, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance: float = 0.0,
-                        seed: int = 0, device: str = "auto", **kw) -> tuple[dict, Path]:
+def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int | None = None,
+                        guidance: float | None = None, seed: int = 0, device: str = "auto", **kw) -> tuple[dict, Path]:
     """evaluate_run, kept as RUN/eval/SAMPLER-STEPSsteps-gW-nN-seedS.json and reused until the
-    weights change; `report` and `evaluate` share it. Returns the result and its file."""
-    from .run import resolve_run
+    weights change; `report` and `evaluate` share it. Returns the result and its file.
+    sampler, steps, guidance: None for the run's own settings (sample.sampling_settings)."""
+    from .run import load_config, resolve_run
+    from .sample import sampling_settings
     run_dir = resolve_run(run)
+    sampler, steps, guidance = sampling_settings(load_config(run_dir), sampler, steps, guidance)
     path = run_eval_dir(run_dir) / f"{sampler}-{steps}steps-g{guidance:g}-n{n}-seed{seed}.json"
     reusable = not any(kw.values()) and path.is_file() and \
         path.stat().st_mtime >= (run_dir / "ema.safetensors").stat().st_mtime
@@ -414,11 +416,12 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str = DEFAULT_SAMPLER, s
     return r, path
 
 
-def evaluate_run(run, n: int = 1000, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance: float = 0.0,
-                 seed: int = 0, device: str = "auto", **kw) -> dict:
+def evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0, device: str = "auto", **kw) -> dict:
     """Draw n samples from a run (labels cycling 0..9 when conditional) and evaluate them."""
-    from .sample import load_run, sample
+    from .sample import load_run, sample, sampling_settings
     loaded = run if hasattr(run, "model") else load_run(run, device=device)    # a LoadedRun or a path
+    sampler, steps, guidance = sampling_settings(loaded.config, sampler, steps, guidance)
     cfg = loaded.config.model
     if (cfg.image_size, cfg.in_channels) != (28, 1) or cfg.num_classes not in (0, NUM_CLASSES):
         raise ConfigError(f"{loaded.path}: makes {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} images with "

@@ -21,7 +21,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .config import ConfigError  # noqa: E402
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: E402
 from .evaluate import cached_evaluate_run  # noqa: E402
 from .models import build_model, count_parameters  # noqa: E402
 from .run import load_config, read_metrics, resolve_run  # noqa: E402
@@ -171,8 +170,8 @@ def findings(summaries: dict, results: dict) -> list[str]:
     return out
 
 
-def build(runs: list, out: Path, *, n: int = 1000, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance: float = 0.0,
-          evaluate: bool = True, title: str = "ddpmlab: the write-up, regenerated", intro: str = "") -> list[Block]:
+def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, steps: int | None = None,
+          guidance: float | None = None, evaluate: bool = True, title: str = "ddpmlab: the write-up, regenerated", intro: str = "") -> list[Block]:
     run_dirs = [resolve_run(r) for r in runs]
     if not run_dirs:
         raise ConfigError("report needs at least one run directory")
@@ -194,8 +193,14 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str = DEFAULT_SAMPLE
     if not evaluate:
         blocks.append(Block("text", "Not evaluated (`--no-eval`): figures and training records only."))
     else:
-        blocks.append(Block("text", f"Every row is evaluated the same way: `ddpmlab evaluate RUN --n {n} "
-                            f"--sampler {sampler} --steps {steps} --guidance {guidance:g}`. fd is the Fréchet "
+        settings = {(r["sampler"], r["steps"], r["guidance"]) for r in results.values()}
+        if len(settings) == 1:
+            s, k, w = settings.pop()
+            how = f"Every row is evaluated the same way: `ddpmlab evaluate RUN --n {n} --sampler {s} --steps {k} --guidance {w:g}`."
+        else:
+            how = (f"Every row is `ddpmlab evaluate RUN --n {n}` with that run's own sampling settings (its "
+                   "config.json \"sampling\"; sampler, steps and guidance columns), so rows differ in more than the model.")
+        blocks.append(Block("text", how + " fd is the Fréchet "
                             "distance in the feature space of ddpmlab's FashionMNIST classifier against the 10k test "
                             f"images; fd floor is the same for {n} real training images. cond_acc: fraction of "
                             "samples classified as the requested class. Class entropy in nats (uniform = 2.303)."))

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,15 +33,17 @@ class RunConfig:
     model: C.ModelConfig
     diffusion: C.DiffusionConfig
     train: C.TrainConfig
+    sampling: C.SamplingConfig = field(default_factory=C.SamplingConfig)
 
     def to_json(self) -> dict:
-        return {"preset": self.preset, "model": C.to_dict(self.model),
-                "diffusion": C.to_dict(self.diffusion), "train": C.to_dict(self.train)}
+        return {"preset": self.preset, "model": C.to_dict(self.model), "diffusion": C.to_dict(self.diffusion),
+                "train": C.to_dict(self.train), "sampling": C.to_dict(self.sampling)}
 
     @classmethod
     def from_json(cls, d: dict) -> "RunConfig":
         return cls(d["preset"], C.from_dict(C.ModelConfig, d["model"]),
-                   C.from_dict(C.DiffusionConfig, d["diffusion"]), C.from_dict(C.TrainConfig, d["train"]))
+                   C.from_dict(C.DiffusionConfig, d["diffusion"]), C.from_dict(C.TrainConfig, d["train"]),
+                   C.from_dict(C.SamplingConfig, d.get("sampling", {})))
 
 
 def write_json(path: Path, obj) -> None:

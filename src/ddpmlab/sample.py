@@ -51,12 +51,24 @@ def _labels(run: LoadedRun, n: int, labels) -> torch.Tensor | None:
     return render.make_labels(run.num_classes, n, labels)
 
 
-def sample(run: LoadedRun, n: int, *, labels=None, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
-           guidance: float = 0.0, seed: int = 0, eta: float | None = None):
+def sampling_settings(rc: RunConfig, sampler: str | None = None, steps: int | None = None,
+                      guidance: float | None = None) -> tuple[str, int, float]:
+    """(sampler, steps, guidance): the values given, else the run's own (config.json "sampling"),
+    else ddpmlab's defaults."""
+    s = rc.sampling
+    return (sampler or s.sampler or DEFAULT_SAMPLER,
+            steps if steps is not None else (s.steps or DEFAULT_STEPS),
+            guidance if guidance is not None else (s.guidance or 0.0))
+
+
+def sample(run: LoadedRun, n: int, *, labels=None, sampler: str | None = None, steps: int | None = None,
+           guidance: float | None = None, seed: int = 0, eta: float | None = None):
     """n samples in [-1, 1] and their labels (None for unconditional models). labels: None
-    (conditional models: cycle 0..K-1), an int, or "all"."""
+    (conditional models: cycle 0..K-1), an int, or "all". sampler, steps, guidance: None for
+    the run's own settings (`sampling_settings`)."""
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")
+    sampler, steps, guidance = sampling_settings(run.config, sampler, steps, guidance)
     y = _labels(run, n, labels)
     if guidance and run.num_classes and run.config.train.cond_drop == 0:
         log.warning("--guidance %g: %s was trained without label dropout (cond_drop 0), so its unconditional "
@@ -94,9 +106,10 @@ def save_grid(run: LoadedRun, images: torch.Tensor, labels, path) -> None:
     plots.save_grid(images, path, ncol=min(10, math.ceil(math.sqrt(images.shape[0]))))
 
 
-def process(run: LoadedRun, out, *, label: int | None = None, n: int = 4, sampler: str = DEFAULT_SAMPLER,
-            steps: int = DEFAULT_STEPS, seed: int = 0, guidance: float = 0.0) -> Path:
+def process(run: LoadedRun, out, *, label: int | None = None, n: int = 4, sampler: str | None = None,
+            steps: int | None = None, seed: int = 0, guidance: float | None = None) -> Path:
     """The generation-process figure: rows samples, columns x_t from noise to image, pred x0 beneath."""
+    sampler, steps, guidance = sampling_settings(run.config, sampler, steps, guidance)
     render.process_figure(run.model, run.schedule, run.config.model, out, n=n, label=label, seed=seed,
                           sampler=sampler, steps=steps, guidance=guidance, device=run.device)
     return Path(out)
