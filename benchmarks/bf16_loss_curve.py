@@ -49,7 +49,7 @@ def main():
     print(f"bf16 / fp32 loss over the last third: {means['bf16'] / means['fp32']:.3f}")
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for p, (s, loss, ips) in curves.items():
-        ax.plot(s, loss, label=f"{p} ({ips:.0f} img/s)")
+        ax.plot(s, loss, "--" if p == "bf16" else "-", label=f"{p} ({ips:.0f} img/s)")
     ax.set_yscale("log")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss (mean of 5 steps)")
