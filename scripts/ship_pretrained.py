@@ -62,7 +62,8 @@ def main():
              "(classifier-free guidance), linear schedule T=1000 |",
              "| weights | `ema.safetensors` (the EMA weights) |",
              f"| last logged loss | {s['final_loss']:.4f} |" if s["final_loss"] else "",
-             f"| sampling defaults | {sampling_settings(rc)} (sampler, steps, guidance; flags override) |", ""]
+             "| sampling defaults | {}, {} steps, guidance {:g} (config.json \"sampling\"; flags override) |".format(
+                 *sampling_settings(rc)), ""]
     if args.note:
         lines += [args.note, ""]
     evals = sorted(run_eval_dir(run).glob("*.json")) if run_eval_dir(run).is_dir() else []
