@@ -197,9 +197,11 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
         if len(settings) == 1:
             s, k, w = settings.pop()
             how = f"Every row is evaluated the same way: `ddpmlab evaluate RUN --n {n} --sampler {s} --steps {k} --guidance {w:g}`."
-        else:
+        elif settings:
             how = (f"Every row is `ddpmlab evaluate RUN --n {n}` with that run's own sampling settings (its "
                    "config.json \"sampling\"; sampler, steps and guidance columns), so rows differ in more than the model.")
+        else:
+            how = "No run here makes FashionMNIST images, so none is scored."
         blocks.append(Block("text", how + " fd is the Fréchet "
                             "distance in the feature space of ddpmlab's FashionMNIST classifier against the 10k test "
                             f"images; fd floor is the same for {n} real training images. cond_acc: fraction of "
