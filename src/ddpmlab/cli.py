@@ -142,8 +142,7 @@ def cmd_evaluate(args) -> None:
         r = evaluate_npz(src, args.n, sampler=args.sampler, steps=args.steps, guidance=args.guidance, **kw)
         out = args.out or src.with_suffix(".eval.json")
     else:
-        if args.steps is not None:
-            _check_steps(args.steps)
+        _check_steps(args.steps)
         r, cached = cached_evaluate_run(args.run_or_npz, 1000 if args.n is None else args.n,
                                         sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                         seed=args.seed, device=args.device, **kw)

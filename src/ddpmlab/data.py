@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .runtime import atomic_write
+from .runtime import atomic_save_numpy, atomic_write, user_cache_dir
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -78,8 +78,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ddpmlab" / "fashion-mnist"
+    return user_cache_dir("fashion-mnist")
 
 
 def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -187,8 +186,7 @@ log = logging.getLogger("ddpmlab.data")
 
 
 def folder_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ddpmlab" / "folders"
+    return user_cache_dir("folders")
 
 
 def _images_under(d: Path) -> list[Path]:
@@ -273,22 +271,15 @@ def load_image_folder(path, size: int = 64, channels: int = 3, progress: bool = 
     else:
         images, labs = _decode_all(root, files, labels, size, channels, progress)
         cache.mkdir(parents=True, exist_ok=True)
-        _save_npy(cache / "images.npy", images)
+        atomic_save_numpy(cache / "images.npy", np.save, images)
         if labs is not None:
-            _save_npy(cache / "labels.npy", labs)
+            atomic_save_numpy(cache / "labels.npy", np.save, labs)
         meta = {"folder": str(root.resolve()), "size": size, "channels": channels, "files": len(files),
                 "images": len(images), "labelled": labs is not None, "class_names": list(names)}
         # written last: marks the cache complete
         atomic_write(cache / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
     return ImageSet(torch.from_numpy(images), None if labs is None else torch.from_numpy(labs),
                     len(names), tuple(names), str(root))
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp):
-        with open(tmp, "wb") as f:   # a file object: np.save would append .npy to a bare path
-            np.save(f, array)
-    atomic_write(path, write)
 
 
 def _decode_all(root, files, labels, size, channels, progress):

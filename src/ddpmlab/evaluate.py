@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 import warnings
 from functools import lru_cache
@@ -49,7 +48,7 @@ from threadpoolctl import threadpool_limits
 from .classifier import PRETRAINED, load_classifier, predict
 from .config import ConfigError
 from .data import FASHION_CLASSES, load_fashion_mnist, to_uint8
-from .runtime import atomic_write
+from .runtime import atomic_save_numpy, atomic_write, user_cache_dir
 
 log = logging.getLogger("ddpmlab.evaluate")
 
@@ -176,8 +175,7 @@ class Reference:
 
 
 def eval_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ddpmlab" / "eval"
+    return user_cache_dir("eval")
 
 
 def _cached_features(model, images_u8, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -194,9 +192,7 @@ def _cached_features(model, images_u8, key: str) -> tuple[np.ndarray, np.ndarray
     radii = knn_radii(feats)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, feats=feats.astype(np.float32), logits=logits, radii=radii)
-        os.replace(tmp, path)
+        atomic_save_numpy(path, np.savez, feats=feats.astype(np.float32), logits=logits, radii=radii)
     except OSError:                                     # a read-only cache costs time, not results
         pass
     return feats, logits, radii                        # float32 values, as the cache holds them

@@ -62,12 +62,26 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def user_cache_dir(name: str) -> Path:
+    """$XDG_CACHE_HOME/ddpmlab/NAME (default ~/.cache/ddpmlab/NAME)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ddpmlab" / name
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """write(tmp_path) then rename over path, so a crash never leaves a half-written file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+def atomic_save_numpy(path: str | os.PathLike, save, *args, **kwargs) -> None:
+    """atomic_write for np.save / np.savez: given a file object (a bare temporary path would get
+    .npy / .npz appended), save(f, *args, **kwargs)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            save(f, *args, **kwargs)
+    atomic_write(path, write)
 
 
 def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:

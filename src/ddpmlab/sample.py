@@ -19,7 +19,7 @@ from .config import ConfigError
 from .data import to_uint8
 from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, Schedule, make_schedule
 from .run import RunConfig, load_model, resolve_run
-from .runtime import atomic_write, resolve_device
+from .runtime import atomic_save_numpy, resolve_device
 
 log = logging.getLogger("ddpmlab.sample")
 
@@ -86,11 +86,7 @@ def save_npz(path, images: torch.Tensor, labels: torch.Tensor | None = None) -> 
         arrays["arr_1"] = labels.numpy().astype(np.int64)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp):
-        with open(tmp, "wb") as f:   # a file object: np.savez would append .npz to a bare path
-            np.savez(f, **arrays)
-    atomic_write(path, write)
+    atomic_save_numpy(path, np.savez, **arrays)
 
 
 def save_grid(run: LoadedRun, images: torch.Tensor, labels, path) -> None:
