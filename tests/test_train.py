@@ -140,3 +140,15 @@ def test_bad_arguments_one_line_exit_2(argv, needle, tmp_path, capsys, fmnist_sm
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, err
+
+
+def test_resume_with_a_new_learning_rate_uses_it(tmp_path, fmnist_small):
+    data = fmnist_small.subset(64)
+    train(tmp_path / "run", tiny_rc(epochs=1), data=data, progress=False)
+    train(tmp_path / "run", resume=True, epochs=2, lr=3e-4, data=data, progress=False)
+    metrics = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {m["lr"] for m in metrics if m["epoch"] == 1 and m["kind"] == "epoch"} == {1e-3}
+    assert {m["lr"] for m in metrics if m["epoch"] == 2} == {3e-4}
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["lr"] == 3e-4
+    with pytest.raises(ConfigError, match="min_lr"):
+        train(tmp_path / "run", resume=True, epochs=3, lr=1e-6, data=data, progress=False)

@@ -203,6 +203,18 @@ class Trainer:
     def lr(self) -> float:
         return self.opt.param_groups[0]["lr"]
 
+    def set_lr(self, lr: float) -> None:
+        """A new learning rate for a resumed run (the restored optimiser would keep the old one);
+        the plateau scheduler starts counting afresh from it."""
+        if self.rc.train.min_lr > lr:
+            raise C.ConfigError(f"--lr {lr:g} is below the run's min_lr {self.rc.train.min_lr:g}")
+        log.info("learning rate %.1e -> %.1e from step %d", self.lr(), lr, self.step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="min", factor=self.rc.train.lr_factor, patience=self.rc.train.lr_patience,
+            min_lr=self.rc.train.min_lr)
+
     # ------------------------------------------------------------------ the loop
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
         x0 = to_model_range(self.images[idx])                               # (B, C, H, W) in [-1, 1]
@@ -423,4 +435,6 @@ def train(run_dir, rc: RunConfig | None = None, *, resume: bool = False, data: I
     trainer = Trainer(run_dir, rc, data=data, progress=progress)
     if resume:
         trainer.load()
+        if "lr" in overrides:
+            trainer.set_lr(overrides["lr"])
     return trainer.fit()
