@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # unet-small against unet-block at equal training compute on this CPU: the same wall time, given
-# by their measured training images/s (benchmarks/preset_throughput.py: unet-block 14.5, unet-small
-# 55.4 img/s on the 2-core EPYC, 3.8x), then both evaluated the same way.
-# Usage: bash benchmarks/equal_compute.sh [BLOCK_STEPS] [N]   (unet-small gets 3.8x the steps)
+# by their measured training images/s (benchmarks/preset_throughput.py --presets unet-small,unet-block
+# --settings bf16/off: 92.5 and 28.5 img/s on the 2-core AVX512-BF16 EPYC, 1 thread, so RATIO 3.25),
+# then both evaluated the same way (dpm++2m, 20 steps, guidance 1, N samples).
+# Usage: [RATIO=3.25] bash benchmarks/equal_compute.sh [BLOCK_STEPS] [N]   (unet-small gets RATIO x the steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BLOCK_STEPS=${1:-80}
-N=${2:-250}
-SMALL_STEPS=$(python3 -c "print(round($BLOCK_STEPS * 55.4 / 14.5))")
+BLOCK_STEPS=${1:-300}
+N=${2:-500}
+RATIO=${RATIO:-3.25}
+SMALL_STEPS=$(python3 -c "print(round($BLOCK_STEPS * $RATIO))")
 OUT=${OUT:-runs/equal-compute}
 D=.venv/bin/ddpmlab
 for spec in "unet-block:$BLOCK_STEPS" "unet-small:$SMALL_STEPS"; do
     p=${spec%%:*}; s=${spec##*:}
-    /usr/bin/time -f "$p: %e s of training" $D train --preset "$p" --max-steps "$s" --snapshot-steps 0 \
+    [ -f "$OUT/$p/state.pt" ] && continue
+    /usr/bin/time -f "$p: $s steps, %e s of training" $D train --preset "$p" --max-steps "$s" --snapshot-steps 0 \
         --out "$OUT/$p" --quiet
 done
 for p in unet-block unet-small; do
-    $D evaluate "$OUT/$p" --n "$N"
+    $D evaluate "$OUT/$p" --n "$N" --sampler dpm++2m --steps 20 --guidance 1
 done

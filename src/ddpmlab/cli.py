@@ -7,7 +7,7 @@ import logging
 import sys
 
 from . import config as C
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLE_PRECISION, SAMPLERS
 
 SAMPLER_NAMES = tuple(SAMPLERS)
 
@@ -89,7 +89,7 @@ def _check_steps(steps: int | None) -> None:
 def cmd_sample(args) -> None:
     from .sample import load_run, sample, save_grid, save_npz
     _check_steps(args.steps)
-    run = load_run(args.run, device=args.device)
+    run = load_run(args.run, device=args.device, precision=args.precision)
     if args.labels is not None and args.labels != "all":
         raise C.ConfigError(f"--labels {args.labels!r}: valid: all")
     labels = "all" if args.labels == "all" else args.label
@@ -107,7 +107,7 @@ def cmd_sample(args) -> None:
 def cmd_process(args) -> None:
     from .sample import load_run, process
     _check_steps(args.steps)
-    run = load_run(args.run, device=args.device)
+    run = load_run(args.run, device=args.device, precision=args.precision)
     out = args.out or f"{run.path}/process.png"
     process(run, out, label=args.label, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
     print(f"process figure: {out}")
@@ -145,7 +145,7 @@ def cmd_evaluate(args) -> None:
         _check_steps(args.steps)
         r, cached = cached_evaluate_run(args.run_or_npz, 1000 if args.n is None else args.n,
                                         sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                                        seed=args.seed, device=args.device, **kw)
+                                        seed=args.seed, device=args.device, precision=args.precision, **kw)
         out = args.out or cached
     print(format_table(r))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--steps", type=int, help=f"default: {own} {DEFAULT_STEPS}")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+        p.add_argument("--precision", default=SAMPLE_PRECISION, choices=("auto", "fp32", "bf16"),
+                       help="the network's arithmetic while sampling; auto: bf16 on CUDA and on CPUs with native bf16 (default: %(default)s)")
 
     p = sub.add_parser("sample", help="draw samples: a grid and/or an .npz")
     sampling_flags(p)
@@ -238,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help=f"classifier-free guidance weight (default: {own} 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--precision", default=SAMPLE_PRECISION, choices=("auto", "fp32", "bf16"),
+                   help="the network's arithmetic while sampling; auto: bf16 on CUDA and on CPUs with native bf16 (default: %(default)s)")
     p.add_argument("--out", help="JSON file (default RUN/eval.json or NPZ with .eval.json)")
     p.add_argument("--classifier", help="classifier weights (default: the shipped ones)")
     p.add_argument("--inception-weights", metavar="FILE",

@@ -190,6 +190,8 @@ SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++2m": dpmpp_2m}
 # the default of `sample`, `process`, `evaluate` and `report`: second order, 20 network
 # evaluations (see README, "Samplers": quality against the number of evaluations)
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm++2m", 20
+# the network's arithmetic while sampling from the command line (`--precision`)
+SAMPLE_PRECISION = "fp32"
 
 
 def get_sampler(name: str):
@@ -228,11 +230,22 @@ def guided_eps(model, labels: torch.Tensor | None, guidance: float, null_label: 
     return eps_fn
 
 
+def _in_bf16(eps_fn, device_type: str):
+    def run(x, t):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return eps_fn(x, t).float()
+    return run
+
+
 @torch.inference_mode()
 def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: str = DEFAULT_SAMPLER,
              steps: int = DEFAULT_STEPS, eta: float | None = None, guidance: float = 0.0, null_label: int = 0,
-             clip: bool = True, callback=None, device="cpu", batch_size: int | None = None) -> torch.Tensor:
+             clip: bool = True, callback=None, device="cpu", batch_size: int | None = None,
+             precision: str = "fp32") -> torch.Tensor:
     """Draw len(seeds) images of `shape` (C, H, W) in [-1, 1]; returns a float32 CPU tensor.
+
+    precision "bf16": the network runs under bf16 autocast and its output is cast back, so the
+    solver's state and arithmetic stay fp32.
 
     batch_size None: 256 on accelerators, 64 on a CPU, where big batches are slower per image
     (activations past glibc's 32 MB mmap threshold are mapped and page-faulted afresh by every op):
@@ -250,7 +263,9 @@ def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: s
         x = noise((len(chunk), *shape))
         lab = None if labels is None else labels[s:s + batch_size].to(device)
         cb = None if callback is None else (lambda i, t, xt, x0, _s=s: callback(_s, i, t, xt, x0))
-        x = fn(guided_eps(model, lab, guidance, null_label), schedule, x, ts, noise=noise, clip=clip,
-               callback=cb, **kw)
+        eps_fn = guided_eps(model, lab, guidance, null_label)
+        if precision == "bf16":
+            eps_fn = _in_bf16(eps_fn, torch.device(device).type)
+        x = fn(eps_fn, schedule, x, ts, noise=noise, clip=clip, callback=cb, **kw)
         out.append(x.float().cpu())
     return torch.cat(out)

@@ -48,7 +48,7 @@ from threadpoolctl import threadpool_limits
 from .classifier import PRETRAINED, load_classifier, predict
 from .config import ConfigError
 from .data import FASHION_CLASSES, load_fashion_mnist, to_uint8
-from .runtime import atomic_save_numpy, atomic_write, user_cache_dir
+from .runtime import atomic_save_numpy, atomic_write, resolve_device, resolve_precision, user_cache_dir
 
 log = logging.getLogger("ddpmlab.evaluate")
 
@@ -392,20 +392,24 @@ def run_eval_dir(run_dir) -> Path:
 
 
 def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int | None = None,
-                        guidance: float | None = None, seed: int = 0, device: str = "auto", **kw) -> tuple[dict, Path]:
-    """evaluate_run, kept as RUN/eval/SAMPLER-STEPSsteps-gW-nN-seedS.json and reused until the
-    weights change; `report` and `evaluate` share it. Returns the result and its file.
+                        guidance: float | None = None, seed: int = 0, device: str = "auto",
+                        precision: str = "fp32", **kw) -> tuple[dict, Path]:
+    """evaluate_run, kept as RUN/eval/SAMPLER-STEPSsteps-gW-nN-seedS[-bf16].json and reused until
+    the weights change; `report` and `evaluate` share it. Returns the result and its file.
     sampler, steps, guidance: None for the run's own settings (sample.sampling_settings)."""
     from .run import load_config, resolve_run
     from .sample import sampling_settings
     run_dir = resolve_run(run)
     sampler, steps, guidance = sampling_settings(load_config(run_dir), sampler, steps, guidance)
-    path = run_eval_dir(run_dir) / f"{sampler}-{steps}steps-g{guidance:g}-n{n}-seed{seed}.json"
+    precision = resolve_precision(precision, resolve_device(device))
+    tag = "" if precision == "fp32" else f"-{precision}"
+    path = run_eval_dir(run_dir) / f"{sampler}-{steps}steps-g{guidance:g}-n{n}-seed{seed}{tag}.json"
     reusable = not any(kw.values()) and path.is_file() and \
         path.stat().st_mtime >= (run_dir / "ema.safetensors").stat().st_mtime
     if reusable:
         return json.loads(path.read_text()), path
-    r = evaluate_run(run_dir, n, sampler=sampler, steps=steps, guidance=guidance, seed=seed, device=device, **kw)
+    r = evaluate_run(run_dir, n, sampler=sampler, steps=steps, guidance=guidance, seed=seed, device=device,
+                     precision=precision, **kw)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(r, indent=2) + "\n"
     atomic_write(path, lambda p: p.write_text(text))
@@ -413,10 +417,12 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps
 
 
 def evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0, device: str = "auto", **kw) -> dict:
-    """Draw n samples from a run (labels cycling 0..9 when conditional) and evaluate them."""
+                 guidance: float | None = None, seed: int = 0, device: str = "auto", precision: str = "fp32",
+                 **kw) -> dict:
+    """Draw n samples from a run (labels cycling 0..9 when conditional) and evaluate them;
+    precision: the network's while sampling (a LoadedRun brings its own)."""
     from .sample import load_run, sample, sampling_settings
-    loaded = run if hasattr(run, "model") else load_run(run, device=device)    # a LoadedRun or a path
+    loaded = run if hasattr(run, "model") else load_run(run, device=device, precision=precision)
     sampler, steps, guidance = sampling_settings(loaded.config, sampler, steps, guidance)
     cfg = loaded.config.model
     if (cfg.image_size, cfg.in_channels) != (28, 1) or cfg.num_classes not in (0, NUM_CLASSES):
@@ -431,6 +437,7 @@ def evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int |
                         guidance=guidance, seed=seed, input_range="sampled in [-1, 1], quantised to uint8",
                         device=loaded.device, **kw)
     r["sampling_seconds"] = round(sample_s, 1)
+    r["sampling_precision"] = loaded.precision
     return r
 
 
@@ -486,7 +493,8 @@ def _f(v, fmt="{:.3f}") -> str:
 def format_table(r: dict) -> str:
     names = r["class_names"]
     lines = [f"{r['source']}: n={r['n']}, sampler={r['sampler'] or '-'}, steps={r['steps'] or '-'}, "
-             f"guidance={_f(r['guidance'], '{:g}')}, input {r['input_range']}",
+             f"guidance={_f(r['guidance'], '{:g}')}"
+             f"{', network in ' + r['sampling_precision'] if r.get('sampling_precision') else ''}, input {r['input_range']}",
              f"classifier: {r['classifier']['feature_dim']}-d features, accuracy on real test images "
              f"{r['classifier_test_acc']:.4f}",
              *([] if r["inception_fid"] is not None else [r["inception_note"]]),

@@ -19,7 +19,7 @@ from .config import ConfigError
 from .data import to_uint8
 from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, Schedule, make_schedule
 from .run import RunConfig, load_model, resolve_run
-from .runtime import atomic_save_numpy, resolve_device
+from .runtime import atomic_save_numpy, resolve_device, resolve_precision
 
 log = logging.getLogger("ddpmlab.sample")
 
@@ -31,18 +31,21 @@ class LoadedRun:
     config: RunConfig
     schedule: Schedule
     device: torch.device
+    precision: str = "fp32"             # of the network while sampling: fp32 or bf16 (autocast)
 
     @property
     def num_classes(self) -> int:
         return self.config.model.num_classes
 
 
-def load_run(path_or_name, device: str = "auto", ema: bool = True) -> LoadedRun:
-    """A run directory (or shipped model name) rebuilt from config.json with its EMA weights."""
+def load_run(path_or_name, device: str = "auto", ema: bool = True, precision: str = "fp32") -> LoadedRun:
+    """A run directory (or shipped model name) rebuilt from config.json with its EMA weights.
+    precision: the network's while sampling; "auto" is bf16 where the device computes it natively."""
     dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     path = resolve_run(path_or_name)
     model, rc = load_model(path, ema=ema, device=dev)
-    return LoadedRun(path, model, rc, make_schedule(rc.diffusion), dev)
+    return LoadedRun(path, model, rc, make_schedule(rc.diffusion), dev, prec)
 
 
 def _labels(run: LoadedRun, n: int, labels) -> torch.Tensor | None:
@@ -75,7 +78,7 @@ def sample(run: LoadedRun, n: int, *, labels=None, sampler: str | None = None, s
                     "branch (the null label) is untrained and guided samples are unreliable; train with "
                     "--cond-drop 0.1", guidance, run.path)
     x = render.sample(run.model, run.schedule, run.config.model, n, labels=y, seed=seed, sampler=sampler,
-                      steps=steps, guidance=guidance, eta=eta, device=run.device)
+                      steps=steps, guidance=guidance, eta=eta, device=run.device, precision=run.precision)
     return x, y
 
 
@@ -107,5 +110,5 @@ def process(run: LoadedRun, out, *, label: int | None = None, n: int = 4, sample
     """The generation-process figure: rows samples, columns x_t from noise to image, pred x0 beneath."""
     sampler, steps, guidance = sampling_settings(run.config, sampler, steps, guidance)
     render.process_figure(run.model, run.schedule, run.config.model, out, n=n, label=label, seed=seed,
-                          sampler=sampler, steps=steps, guidance=guidance, device=run.device)
+                          sampler=sampler, steps=steps, guidance=guidance, device=run.device, precision=run.precision)
     return Path(out)

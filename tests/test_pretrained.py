@@ -1,0 +1,32 @@
+"""The shipped model: it draws the classes it is asked for, in fp32 and in bf16."""
+import pytest
+import torch
+
+from ddpmlab.classifier import PRETRAINED, load_classifier, predict
+from ddpmlab.data import to_uint8
+from ddpmlab.runtime import cpu_has_native_bf16
+from ddpmlab.sample import load_run, sample
+
+
+@pytest.fixture(scope="module")
+def fp32_samples():
+    run = load_run("fmnist", device="cpu")
+    return sample(run, 40, labels="all", steps=8)
+
+
+def test_shipped_model_draws_the_labels_it_is_given(fp32_samples):
+    x, y = fp32_samples
+    assert x.shape == (40, 1, 28, 28) and -1 <= x.min() and x.max() <= 1
+    _, logits = predict(load_classifier(PRETRAINED), to_uint8(x))
+    assert (logits.argmax(1) == y).float().mean() >= 0.8
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 autocast is emulated (slow) on this CPU")
+def test_bf16_sampling_stays_close_to_fp32(fp32_samples):
+    run = load_run("fmnist", device="cpu", precision="bf16")
+    assert run.precision == "bf16"
+    x, y = sample(run, 40, labels="all", steps=8)
+    x32, y32 = fp32_samples
+    assert torch.equal(y, y32) and x.dtype == torch.float32
+    diff = (x - x32).abs()
+    assert 0 < diff.mean() < 0.02             # the same images: about one grey level apart on average
