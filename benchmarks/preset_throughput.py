@@ -1,10 +1,12 @@
 """Training images/s of each preset on this machine, per precision and memory format.
 
     .venv/bin/python benchmarks/preset_throughput.py [--presets resnet-basic,...] [--steps 8] [--batch 64]
+        [--settings fp32/off,bf16/off,bf16/off/compile,...]
 
 Times full optimiser steps of ddpmlab's own training step (Trainer.train_step) on real
 FashionMNIST batches; prints the median over the timed steps (the first steps are warm-up)
-and the ratio of each setting to fp32/contiguous in the same run.
+and the ratio of each setting to the first in the same run. A setting is PRECISION/CHANNELS_LAST,
+and /compile adds torch.compile (`--compile`); its first step, compilation included, is printed apart.
 """
 from __future__ import annotations
 
@@ -21,8 +23,10 @@ from ddpmlab.runtime import cpu_has_native_bf16
 from ddpmlab.train import Trainer, make_run_config
 
 
-def time_steps(preset: str, precision: str, channels_last: str, steps: int, batch: int, data) -> float:
-    rc = make_run_config(preset, precision=precision, channels_last=channels_last, batch_size=batch, device="cpu")
+def time_steps(preset: str, precision: str, channels_last: str, steps: int, batch: int, data,
+               compile: bool = False) -> tuple[float, int, float]:
+    rc = make_run_config(preset, precision=precision, channels_last=channels_last, batch_size=batch, device="cpu",
+                         compile=compile)
     tr = Trainer("/tmp/ddpmlab-bench", rc, data=data, progress=False)
     perm = torch.randperm(len(data))
     times = []
@@ -31,7 +35,7 @@ def time_steps(preset: str, precision: str, channels_last: str, steps: int, batc
         t0 = time.perf_counter()
         tr.train_step(idx).item()
         times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times[2:]), count_parameters(tr.model)
+    return batch / statistics.median(times[2:]), count_parameters(tr.model), times[0]
 
 
 def main():
@@ -44,14 +48,16 @@ def main():
     data = load_fashion_mnist("train").subset(args.batch * (args.steps + 2))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}")
     settings = [s.split("/") for s in args.settings.split(",")]
-    print(f"{'preset':16s} {'params':>8s} " + " ".join(f"{p + '/' + c:>14s}" for p, c in settings))
+    print(f"{'preset':16s} {'params':>8s} " + " ".join(f"{'/'.join(s):>14s}" for s in settings))
     for preset in args.presets.split(","):
-        ips = []
-        for prec, cl in settings:
-            v, n = time_steps(preset, prec, cl, args.steps, args.batch, data)
+        ips, first = [], []
+        for prec, cl, *rest in settings:
+            v, n, t0 = time_steps(preset, prec, cl, args.steps, args.batch, data, compile="compile" in rest)
             ips.append(v)
+            first.append(f"{prec}/{cl}/{'/'.join(rest)}: first step {t0:.1f} s" if rest else "")
         row = " ".join(f"{v:7.1f} ({v / ips[0]:4.2f}x)" for v in ips)
-        print(f"{preset:16s} {n / 1e6:7.2f}M {row}", flush=True)
+        notes = "; ".join(f for f in first if f)
+        print(f"{preset:16s} {n / 1e6:7.2f}M {row}" + (f"   [{notes}]" if notes else ""), flush=True)
 
 
 if __name__ == "__main__":

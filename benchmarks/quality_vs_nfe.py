@@ -1,7 +1,7 @@
 """Sample quality against the number of network evaluations, for each sampler of one model.
 
     .venv/bin/python benchmarks/quality_vs_nfe.py RUN [--n 250] [--grid "ddpm:5,10,20,50,100,1000;..."]
-        [--guidance 0,0.5,1,2] [--out docs/nfe]
+        [--guidance 0,0.5,1,2] [--precision fp32|bf16] [--out docs/nfe]
 
 Every point is `ddpmlab evaluate RUN --n N --sampler S --steps K` (the same cached evaluation
 files, RUN/eval/*.json, so an interrupted sweep resumes where it stopped). With guidance 0 a step
@@ -49,6 +49,7 @@ def main():
     ap.add_argument("--grid", default=DEFAULT_GRID, help="SAMPLER:STEPS,...;SAMPLER:STEPS,...")
     ap.add_argument("--guidance", default="", help="guidance weights to sweep at the default sampler and steps")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="the network's, while sampling")
     ap.add_argument("--out", default="docs/nfe")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -57,13 +58,14 @@ def main():
               "|---|---|---|---|---|---|---|---|---|---|")
     lines, curves = [header], {}
     for sampler, steps in parse_grid(args.grid):
-        r, _ = cached_evaluate_run(args.run, args.n, sampler=sampler, steps=steps, seed=args.seed)
+        r, _ = cached_evaluate_run(args.run, args.n, sampler=sampler, steps=steps, seed=args.seed,
+                                   precision=args.precision)
         curves.setdefault(sampler, []).append((steps, r["fd"], r["cond_acc"]))
         lines.append(row(r, sampler, steps, 0.0))
         print(lines[-1], flush=True)
     for w in [float(g) for g in args.guidance.split(",") if g]:
         r, _ = cached_evaluate_run(args.run, args.n, sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, guidance=w,
-                                   seed=args.seed)
+                                   seed=args.seed, precision=args.precision)
         lines.append(row(r, DEFAULT_SAMPLER, DEFAULT_STEPS, w))
         print(lines[-1], flush=True)
     if not curves:
@@ -72,7 +74,8 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(
-        f"`{args.run}`, n={args.n} samples per point (labels cycling 0..9), seed {args.seed}.\n\n" + "\n".join(lines) + "\n")
+        f"`{args.run}`, n={args.n} samples per point (labels cycling 0..9), seed {args.seed}, "
+        f"network in {args.precision} while sampling.\n\n" + "\n".join(lines) + "\n")
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for sampler, pts in curves.items():

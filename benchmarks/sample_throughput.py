@@ -48,9 +48,9 @@ def main():
           f"{args.steps} steps; ddpmlab {count_parameters(ours) / 1e6:.2f}M, diffusers "
           f"{count_parameters(theirs) / 1e6:.2f}M parameters")
 
-    def run_ours(precision):
-        with ac(precision):
-            return render.sample(ours, sched, cfg, args.n, labels=labels, sampler=args.sampler, steps=args.steps)
+    def run_ours(precision):     # as `ddpmlab sample --precision P` runs: the network in autocast, the solver fp32
+        return render.sample(ours, sched, cfg, args.n, labels=labels, sampler=args.sampler, steps=args.steps,
+                             precision=precision)
 
     def run_theirs(precision):
         S = DDIMScheduler if args.sampler == "ddim" else DPMSolverMultistepScheduler
