@@ -10,7 +10,7 @@ from ddpmlab.sample import load_run, sample
 
 @pytest.fixture(scope="module")
 def fp32_samples():
-    run = load_run("fmnist", device="cpu")
+    run = load_run("fmnist", device="cpu", precision="fp32")
     return sample(run, 40, labels="all", steps=8)
 
 
@@ -19,6 +19,11 @@ def test_shipped_model_draws_the_labels_it_is_given(fp32_samples):
     assert x.shape == (40, 1, 28, 28) and -1 <= x.min() and x.max() <= 1
     _, logits = predict(load_classifier(PRETRAINED), to_uint8(x))
     assert (logits.argmax(1) == y).float().mean() >= 0.8
+
+
+def test_sampling_precision_auto_is_bf16_only_where_native():
+    assert load_run("fmnist", device="cpu", precision="auto").precision == \
+        ("bf16" if cpu_has_native_bf16() else "fp32")
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 autocast is emulated (slow) on this CPU")

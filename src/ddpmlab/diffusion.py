@@ -190,8 +190,10 @@ SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++2m": dpmpp_2m}
 # the default of `sample`, `process`, `evaluate` and `report`: second order, 20 network
 # evaluations (see README, "Samplers": quality against the number of evaluations)
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm++2m", 20
-# the network's arithmetic while sampling from the command line (`--precision`)
-SAMPLE_PRECISION = "fp32"
+# the network's arithmetic while sampling from the command line (`--precision`): bf16 autocast on
+# CUDA and on CPUs with native bf16, where it draws about twice the images/s at the same quality
+# (README, "Samplers"), else fp32
+SAMPLE_PRECISION = "auto"
 
 
 def get_sampler(name: str):

@@ -48,6 +48,7 @@ from threadpoolctl import threadpool_limits
 from .classifier import PRETRAINED, load_classifier, predict
 from .config import ConfigError
 from .data import FASHION_CLASSES, load_fashion_mnist, to_uint8
+from .diffusion import SAMPLE_PRECISION
 from .runtime import atomic_save_numpy, atomic_write, resolve_device, resolve_precision, user_cache_dir
 
 log = logging.getLogger("ddpmlab.evaluate")
@@ -393,7 +394,7 @@ def run_eval_dir(run_dir) -> Path:
 
 def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int | None = None,
                         guidance: float | None = None, seed: int = 0, device: str = "auto",
-                        precision: str = "fp32", **kw) -> tuple[dict, Path]:
+                        precision: str = SAMPLE_PRECISION, **kw) -> tuple[dict, Path]:
     """evaluate_run, kept as RUN/eval/SAMPLER-STEPSsteps-gW-nN-seedS[-bf16].json and reused until
     the weights change; `report` and `evaluate` share it. Returns the result and its file.
     sampler, steps, guidance: None for the run's own settings (sample.sampling_settings)."""
@@ -417,7 +418,7 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps
 
 
 def evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0, device: str = "auto", precision: str = "fp32",
+                 guidance: float | None = None, seed: int = 0, device: str = "auto", precision: str = SAMPLE_PRECISION,
                  **kw) -> dict:
     """Draw n samples from a run (labels cycling 0..9 when conditional) and evaluate them;
     precision: the network's while sampling (a LoadedRun brings its own)."""

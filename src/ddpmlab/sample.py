@@ -17,7 +17,7 @@ import torch
 from . import plots, render
 from .config import ConfigError
 from .data import to_uint8
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, Schedule, make_schedule
+from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLE_PRECISION, Schedule, make_schedule
 from .run import RunConfig, load_model, resolve_run
 from .runtime import atomic_save_numpy, resolve_device, resolve_precision
 
@@ -38,7 +38,7 @@ class LoadedRun:
         return self.config.model.num_classes
 
 
-def load_run(path_or_name, device: str = "auto", ema: bool = True, precision: str = "fp32") -> LoadedRun:
+def load_run(path_or_name, device: str = "auto", ema: bool = True, precision: str = SAMPLE_PRECISION) -> LoadedRun:
     """A run directory (or shipped model name) rebuilt from config.json with its EMA weights.
     precision: the network's while sampling; "auto" is bf16 where the device computes it natively."""
     dev = resolve_device(device)
