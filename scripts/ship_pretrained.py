@@ -20,15 +20,28 @@ from pathlib import Path
 from ddpmlab.evaluate import run_eval_dir
 from ddpmlab.report import run_summary
 from ddpmlab import config as C
-from ddpmlab.run import PRETRAINED_DIR, load_config, save_config
+from ddpmlab.run import PRETRAINED_DIR, load_config, read_metrics, save_config
 from ddpmlab.sample import sampling_settings
+
+
+def lr_history(run: Path) -> str:
+    """'0.001 (logged at steps 25-3,748), then 0.0002 (3,794-7,821)': a resumed run may have changed it."""
+    spans = []                                    # [lr, first step, last step]
+    for m in read_metrics(run):
+        if m.get("kind") == "step":
+            if spans and spans[-1][0] == m["lr"]:
+                spans[-1][2] = m["step"]
+            else:
+                spans.append([m["lr"], m["step"], m["step"]])
+    text = ", then ".join(f"{lr:g} ({a:,}-{b:,})" for lr, a, b in spans)
+    return text.replace(" (", " (logged at steps ", 1)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
     ap.add_argument("name")
-    ap.add_argument("--hardware", default="2-core AMD EPYC CPU (AVX2, no native bf16), fp32, 1 thread")
+    ap.add_argument("--hardware", default="2-core AMD EPYC CPU")
     ap.add_argument("--note", default="")
     ap.add_argument("--sampler")
     ap.add_argument("--steps", type=int)
@@ -57,7 +70,8 @@ def main():
              f"| wall time | {s['train_seconds'] / 3600:.2f} h of training (snapshots excluded) |",
              f"| images/s | {s['img_per_s']} |",
              f"| hardware | {args.hardware} |",
-             f"| recipe | Adam lr {rc.train.lr:g}, ReduceLROnPlateau x{rc.train.lr_factor} after {rc.train.lr_patience} "
+             f"| learning rate | {lr_history(run)} |",
+             f"| recipe | Adam, ReduceLROnPlateau x{rc.train.lr_factor} after {rc.train.lr_patience} "
              f"epochs (floor {rc.train.min_lr:g}), EMA {rc.train.ema_decay}, null label {rc.train.cond_drop:g} "
              "(classifier-free guidance), linear schedule T=1000 |",
              "| weights | `ema.safetensors` (the EMA weights) |",
@@ -69,16 +83,19 @@ def main():
     evals = sorted(run_eval_dir(run).glob("*.json")) if run_eval_dir(run).is_dir() else []
     if evals:
         lines += ["## Evaluation (`ddpmlab evaluate`)", "",
-                  "| sampler | steps | guidance | n | fd | fd floor | cond_acc | classifier acc on real | entropy | precision | recall | flags |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| sampler | steps | guidance | network | n | fd | fd floor | cond_acc | classifier acc on real | entropy "
+                  "| precision | recall | flags | sampling s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in evals:
             r = json.loads(p.read_text())
             flags = "mode collapse" if r.get("mode_collapse") else ""
             if r.get("collapsed_classes"):
                 flags += " collapsed " + ",".join(str(c["class"]) for c in r["collapsed_classes"])
-            lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance']} | {r['n']} | {r['fd']:.2f} | "
+            lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r.get('sampling_precision', 'fp32')} | "
+                         f"{r['n']} | {r['fd']:.2f} | "
                          f"{r['fd_floor']:.2f} | {r['cond_acc']:.3f} | {r['classifier_test_acc']:.3f} | "
-                         f"{r['pred_entropy']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {flags.strip() or 'none'} |")
+                         f"{r['pred_entropy']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {flags.strip() or 'none'} | "
+                         f"{r.get('sampling_seconds', '')} |")
         lines.append("")
     (dst / "MODEL_CARD.md").write_text("\n".join(l for l in lines if l is not None) + "\n")
     print(f"shipped {run} as {dst}")
