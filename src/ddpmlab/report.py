@@ -202,6 +202,9 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
                    "config.json \"sampling\"; sampler, steps and guidance columns), so rows differ in more than the model.")
         else:
             how = "No run here makes FashionMNIST images, so none is scored."
+        precisions = sorted({r.get("sampling_precision", "fp32") for r in results.values()})
+        if precisions:
+            how += f" The network sampled in {' and '.join(precisions)}."
         blocks.append(Block("text", how + " fd is the Fréchet "
                             "distance in the feature space of ddpmlab's FashionMNIST classifier against the 10k test "
                             f"images; fd floor is the same for {n} real training images. cond_acc: fraction of "
