@@ -205,14 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     own = "the run's own (config.json \"sampling\"), else"
 
+    def precision_flag(p):
+        p.add_argument("--precision", default=SAMPLE_PRECISION, choices=("auto", "fp32", "bf16"),
+                       help="the network's arithmetic while sampling; auto: bf16 on CUDA and on CPUs with native "
+                            "bf16 (default: %(default)s)")
+
     def sampling_flags(p):
         p.add_argument("run", help="run directory or shipped model name")
         p.add_argument("--sampler", choices=SAMPLER_NAMES, help=f"default: {own} {DEFAULT_SAMPLER}")
         p.add_argument("--steps", type=int, help=f"default: {own} {DEFAULT_STEPS}")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-        p.add_argument("--precision", default=SAMPLE_PRECISION, choices=("auto", "fp32", "bf16"),
-                       help="the network's arithmetic while sampling; auto: bf16 on CUDA and on CPUs with native bf16 (default: %(default)s)")
+        precision_flag(p)
 
     p = sub.add_parser("sample", help="draw samples: a grid and/or an .npz")
     sampling_flags(p)
@@ -240,8 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help=f"classifier-free guidance weight (default: {own} 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--precision", default=SAMPLE_PRECISION, choices=("auto", "fp32", "bf16"),
-                   help="the network's arithmetic while sampling; auto: bf16 on CUDA and on CPUs with native bf16 (default: %(default)s)")
+    precision_flag(p)
     p.add_argument("--out", help="JSON file (default RUN/eval.json or NPZ with .eval.json)")
     p.add_argument("--classifier", help="classifier weights (default: the shipped ones)")
     p.add_argument("--inception-weights", metavar="FILE",

@@ -116,8 +116,7 @@ class Trainer:
                 raise C.ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
-        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience, min_lr=tc.min_lr)
+        self.plateau = self.make_plateau()
         self.gen = torch.Generator(self.device).manual_seed(tc.seed + 1_000_003 * self.rank)  # t, noise, label drop
         self.perm_gen = torch.Generator().manual_seed(tc.seed + 1)          # epoch permutations
         # position
@@ -211,9 +210,12 @@ class Trainer:
         log.info("learning rate %.1e -> %.1e from step %d", self.lr(), lr, self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.opt, mode="min", factor=self.rc.train.lr_factor, patience=self.rc.train.lr_patience,
-            min_lr=self.rc.train.min_lr)
+        self.plateau = self.make_plateau()
+
+    def make_plateau(self):
+        tc = self.rc.train
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience, min_lr=tc.min_lr)
 
     # ------------------------------------------------------------------ the loop
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
