@@ -152,3 +152,13 @@ def test_resume_with_a_new_learning_rate_uses_it(tmp_path, fmnist_small):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["lr"] == 3e-4
     with pytest.raises(ConfigError, match="min_lr"):
         train(tmp_path / "run", resume=True, epochs=3, lr=1e-6, data=data, progress=False)
+
+
+def test_channels_last_auto_follows_the_measurements():
+    from ddpmlab.runtime import resolve_channels_last
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_channels_last("auto", cpu, "bf16", "resnet")
+    assert not resolve_channels_last("auto", cpu, "bf16", "unet")
+    assert not resolve_channels_last("auto", cpu, "fp32", "resnet")
+    assert resolve_channels_last("auto", cuda, "bf16", "unet")
+    assert resolve_channels_last("on", cpu) and not resolve_channels_last("off", cuda, "bf16", "resnet")

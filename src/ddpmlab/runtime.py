@@ -50,10 +50,14 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "fp32"
 
 
-def resolve_channels_last(name: str, device: torch.device) -> bool:
-    """channels_last pays on CUDA tensor cores; on this project's AVX2 CPU it measured 0.91-1.01x
-    of contiguous (benchmarks/preset_throughput.py, idle, 2 threads), so `auto` leaves CPUs alone."""
-    return {"on": True, "off": False}.get(name, device.type == "cuda")
+def resolve_channels_last(name: str, device: torch.device, precision: str = "fp32", arch: str = "") -> bool:
+    """channels_last pays on CUDA tensor cores. On CPUs (benchmarks/preset_throughput.py, idle, 2
+    threads) it measured 0.91-1.01x of contiguous in fp32 on an AVX2 EPYC; in bf16 on an
+    AVX512-BF16 EPYC, 1.11-1.23x for the full-resolution ResNets but 0.74-0.80x for the UNets.
+    So `auto` takes it on CUDA, and on a CPU for the ResNets in bf16 only."""
+    if name in ("on", "off"):
+        return name == "on"
+    return device.type == "cuda" or (device.type == "cpu" and precision == "bf16" and arch == "resnet")
 
 
 def autocast(device: torch.device, precision: str):

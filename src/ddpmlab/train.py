@@ -74,7 +74,7 @@ class Trainer:
         # under torchrun: one process per device (or CPU share), each a disjoint shard of every epoch
         self.rank, self.world, self.device = init_distributed(resolve_device(tc.device))
         self.precision = resolve_precision(tc.precision, self.device)
-        self.channels_last = resolve_channels_last(tc.channels_last, self.device)
+        self.channels_last = resolve_channels_last(tc.channels_last, self.device, self.precision, rc.model.arch)
         self.progress = progress
         torch.manual_seed(tc.seed)   # model initialisation
 
