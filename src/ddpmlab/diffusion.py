@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from .config import ConfigError, DiffusionConfig
+from .runtime import autocast
 
 
 @dataclass
@@ -232,9 +233,12 @@ def guided_eps(model, labels: torch.Tensor | None, guidance: float, null_label: 
     return eps_fn
 
 
-def _in_bf16(eps_fn, device_type: str):
+def _in_precision(eps_fn, device: torch.device, precision: str):
+    if precision == "fp32":
+        return eps_fn
+
     def run(x, t):
-        with torch.autocast(device_type, dtype=torch.bfloat16):
+        with autocast(device, precision):
             return eps_fn(x, t).float()
     return run
 
@@ -265,9 +269,7 @@ def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: s
         x = noise((len(chunk), *shape))
         lab = None if labels is None else labels[s:s + batch_size].to(device)
         cb = None if callback is None else (lambda i, t, xt, x0, _s=s: callback(_s, i, t, xt, x0))
-        eps_fn = guided_eps(model, lab, guidance, null_label)
-        if precision == "bf16":
-            eps_fn = _in_bf16(eps_fn, torch.device(device).type)
+        eps_fn = _in_precision(guided_eps(model, lab, guidance, null_label), torch.device(device), precision)
         x = fn(eps_fn, schedule, x, ts, noise=noise, clip=clip, callback=cb, **kw)
         out.append(x.float().cpu())
     return torch.cat(out)
