@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -45,11 +46,21 @@ class Norm(nn.Module):
         self.proj = zero_(nn.Linear(cond_dim, 2 * channels)) if cond_dim else None
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.norm(x)
         if self.proj is None:
-            return x
-        scale, shift = self.proj(cond)[:, :, None, None].chunk(2, dim=1)   # (B, C, 1, 1) each
-        return torch.addcmul(shift, x, 1 + scale)
+            return self.norm(x)
+        scale, shift = self.proj(cond).chunk(2, dim=1)                       # (B, C) each
+        if isinstance(self.norm, nn.GroupNorm) and x.is_contiguous():
+            # One fused kernel instead of a norm and an affine: fold the batch into the channels.
+            # A (1, B*C, H, W) tensor in B*G groups has exactly the groups of (B, C, H, W) in G
+            # groups, and its per-channel affine is our per-sample scale and shift. With the SiLU
+            # after it, 2-3x faster forward and ~2x forward+backward than norm, then a
+            # broadcast affine (benchmarks/norm_layer.py); unet-block trains 9% faster.
+            B, C = x.shape[:2]
+            y = F.group_norm(x.reshape(1, B * C, *x.shape[2:]), B * self.norm.num_groups,
+                             (1 + scale).flatten().to(x.dtype), shift.flatten().to(x.dtype), self.norm.eps)
+            return y.view_as(x)
+        # multiply-add rather than addcmul: the broadcasting bf16 addcmul's forward is 2x slower on CPUs
+        return self.norm(x) * (1 + scale)[:, :, None, None] + shift[:, :, None, None]
 
 
 def group_count(channels: int) -> int:
