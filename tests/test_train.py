@@ -154,6 +154,19 @@ def test_resume_with_a_new_learning_rate_uses_it(tmp_path, fmnist_small):
         train(tmp_path / "run", resume=True, epochs=3, lr=1e-6, data=data, progress=False)
 
 
+def test_adam_is_fused_and_stays_fused_on_resuming_an_older_unfused_checkpoint(tmp_path, fmnist_small):
+    data = fmnist_small.subset(64)
+    train(tmp_path / "run", tiny_rc(epochs=1), data=data, progress=False)
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    assert state["optimizer"]["param_groups"][0]["fused"] is True
+    for group in state["optimizer"]["param_groups"]:   # as the runs of earlier versions saved it
+        group["fused"] = None
+    torch.save(state, tmp_path / "run" / "state.pt")
+    tr = Trainer(tmp_path / "run", tiny_rc(epochs=2), data=data, progress=False)
+    tr.load()
+    assert tr.step == state["step"] and all(g["fused"] is True for g in tr.opt.param_groups)
+
+
 def test_channels_last_auto_follows_the_measurements():
     from ddpmlab.runtime import resolve_channels_last
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
