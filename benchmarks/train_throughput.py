@@ -10,7 +10,8 @@ In one run, on the same batch size, threads and image size, it times full optimi
     by default (fp32, AdamW, DDPMScheduler.add_noise, MSE), and at each precision given.
 It prints the median images/s, the achieved GFLOP/s (FLOPs of one training step counted with
 torch.utils.flop_counter) and that as a fraction of a ceiling measured in the same run: the best
-GFLOP/s of a single large convolution (and matmul) at that precision. Needs diffusers (test extra).
+GFLOP/s of a single large convolution (and matmul) at that precision; for scale also as a fraction
+of that convolution's own forward + backward rate. Needs diffusers (test extra).
 """
 from __future__ import annotations
 
@@ -48,19 +49,25 @@ def count_flops(fn) -> int:
     return fc.get_total_flops()
 
 
-def ceiling(precision: str, reps: int = 5) -> tuple[float, float]:
-    """Best GFLOP/s of one large 3x3 convolution (the faster of the two memory formats) and of one
-    large matmul at this precision."""
+def ceiling(precision: str, reps: int = 5) -> tuple[float, float, float]:
+    """Best GFLOP/s of one large 3x3 convolution (the faster of the two memory formats), of one
+    large matmul, and of that convolution's forward + backward (gradients of input and weight, 3x
+    the FLOPs) at this precision. The first is the issue's ceiling; the third is the same
+    convolution trained, the most a training step made of convolutions could reach."""
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
     conv_flops = 2 * 64 * 128 * 128 * 9 * 28 * 28
-    conv = float("inf")
+    conv = train = float("inf")
     for fmt in (torch.contiguous_format, torch.channels_last):
-        x = torch.randn(64, 128, 28, 28, dtype=dt).contiguous(memory_format=fmt)
-        w = torch.randn(128, 128, 3, 3, dtype=dt).contiguous(memory_format=fmt)
-        conv = min(conv, min(median_time(lambda i: F.conv2d(x, w, padding=1), 1, 1) for _ in range(reps)))
+        x = torch.randn(64, 128, 28, 28, dtype=dt).contiguous(memory_format=fmt).requires_grad_()
+        w = torch.randn(128, 128, 3, 3, dtype=dt).contiguous(memory_format=fmt).requires_grad_()
+        g = torch.randn(64, 128, 28, 28, dtype=dt).contiguous(memory_format=fmt)
+        with torch.no_grad():
+            conv = min(conv, min(median_time(lambda i: F.conv2d(x, w, padding=1), 1, 1) for _ in range(reps)))
+        train = min(train, min(median_time(lambda i: F.conv2d(x, w, padding=1).backward(g), 1, 1)
+                               for _ in range(reps)))
     a = torch.randn(2048, 2048, dtype=dt)
     mm = min(median_time(lambda i: a @ a, 1, 1) for _ in range(reps))
-    return conv_flops / conv / 1e9, 2 * 2048 ** 3 / mm / 1e9
+    return conv_flops / conv / 1e9, 2 * 2048 ** 3 / mm / 1e9, 3 * conv_flops / train / 1e9
 
 
 def ours(precision: str, batch: int, data):
@@ -120,9 +127,10 @@ def main():
                      gflops / ceilings[resolved][0]))
         print(f"{name:28s} {resolved:5s} {params / 1e6:5.2f}M  {args.batch / s:7.1f} img/s  "
               f"{flops / args.batch / 1e9:5.2f} GFLOP/img  {gflops:6.1f} GFLOP/s  "
-              f"{gflops / ceilings[resolved][0]:5.1%} of conv ceiling", flush=True)
-    for p, (c, m) in ceilings.items():
-        print(f"ceiling {p}: conv {c:.1f} GFLOP/s, matmul {m:.1f} GFLOP/s")
+              f"{gflops / ceilings[resolved][0]:5.1%} of conv ceiling  "
+              f"({gflops / ceilings[resolved][2]:5.1%} of conv fwd+bwd)", flush=True)
+    for p, (c, m, t) in ceilings.items():
+        print(f"ceiling {p}: conv {c:.1f} GFLOP/s, matmul {m:.1f} GFLOP/s, conv forward+backward {t:.1f} GFLOP/s")
     by = {r[0]: r for r in rows}
     print(f"out of the box: ddpmlab / diffusers = {by['ddpmlab defaults'][3] / by['diffusers example default'][3]:.2f}x images/s")
     for p in args.precisions.split(","):

@@ -1,0 +1,69 @@
+"""Where a training step's time goes: torch.profiler over ddpmlab's own Trainer.train_step.
+
+    .venv/bin/python benchmarks/profile_step.py [--preset unet-block] [--precision bf16] [--channels-last auto]
+        [--steps 3] [--by-shape]
+
+Prints the operators by self CPU time over a few steps after warm-up (real FashionMNIST batches,
+batch 64), and with --by-shape each convolution's forward and backward time per input and weight
+shape, with the GFLOP/s it reached.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ddpmlab.data import load_fashion_mnist
+from ddpmlab.train import Trainer, make_run_config
+
+
+def conv_rows(prof) -> list[tuple]:
+    rows = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key == "aten::mkldnn_convolution":
+            x, w = e.input_shapes[0], e.input_shapes[1]
+            flops = 1
+        elif e.key == "aten::convolution_backward":
+            x, w = e.input_shapes[1], e.input_shapes[2]
+            flops = 2                        # gradients of input and weight (the stem's input: none)
+        else:
+            continue
+        if len(x) != 4 or len(w) != 4:
+            continue
+        gflop = 2 * x[0] * w[0] * w[1] * w[2] * w[3] * x[2] * x[3] * flops * e.count / 1e9   # stride 1
+        ms = e.self_cpu_time_total / 1e3
+        rows.append((e.key.removeprefix("aten::"), str(x), str(w), e.count, ms, gflop / ms * 1e3))
+    return sorted(rows, key=lambda r: -r[4])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="unet-block")
+    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--channels-last", default="auto")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--by-shape", action="store_true")
+    args = ap.parse_args()
+    data = load_fashion_mnist("train").subset(args.batch * (args.steps + 3))
+    rc = make_run_config(args.preset, batch_size=args.batch, precision=args.precision, device="cpu",
+                         snapshot_steps=0, channels_last=args.channels_last)
+    tr = Trainer("/tmp/ddpmlab-bench", rc, data=data, progress=False)
+    batches = [torch.arange(i * args.batch, (i + 1) * args.batch) for i in range(args.steps + 3)]
+    for idx in batches[:3]:
+        tr.train_step(idx).item()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.by_shape) as prof:
+        for idx in batches[3:]:
+            tr.train_step(idx).item()
+    print(f"{args.preset}, {tr.precision}, channels_last {tr.channels_last}, batch {args.batch}, "
+          f"{torch.get_num_threads()} threads, {args.steps} steps")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    if args.by_shape:
+        print("convolutions by shape (stride-2 downsamples are counted as stride 1: their GFLOP/s reads 4x high)")
+        for r in conv_rows(prof):
+            print("%-22s x %-20s w %-18s %4d calls %8.1f ms %6.0f GFLOP/s" % r)
+
+
+if __name__ == "__main__":
+    main()
