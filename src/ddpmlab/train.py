@@ -440,8 +440,15 @@ def train(run_dir, rc: RunConfig | None = None, *, resume: bool = False, data: I
     elif (run_dir / "state.pt").exists():
         raise C.ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     trainer = Trainer(run_dir, rc, data=data, progress=progress)
-    if resume:
-        trainer.load()
-        if "lr" in overrides:
-            trainer.set_lr(overrides["lr"])
-    return trainer.fit()
+    try:
+        if resume:
+            trainer.load()
+            if "lr" in overrides:
+                trainer.set_lr(overrides["lr"])
+        return trainer.fit()
+    finally:
+        # under torchrun: leave the process group before the interpreter exits; otherwise gloo's
+        # worker threads are torn down during finalisation and a rank can die with SIGABRT
+        # ("terminate called without an active exception") after a run that finished
+        if trainer.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
