@@ -1,11 +1,17 @@
 """Where a training step's time goes: torch.profiler over ddpmlab's own Trainer.train_step.
 
     .venv/bin/python benchmarks/profile_step.py [--preset unet-block] [--precision bf16] [--channels-last auto]
-        [--steps 3] [--by-shape]
+        [--steps 3] [--by-shape] [--compile] [--budget]
 
 Prints the operators by self CPU time over a few steps after warm-up (real FashionMNIST batches,
 batch 64), and with --by-shape each convolution's forward and backward time per input and weight
 shape, with the GFLOP/s it reached.
+
+--budget splits the (unprofiled) step into convolutions and everything else, counts the step's
+FLOPs (torch.utils.flop_counter) and measures the single-convolution ceiling of
+train_throughput.py in the same run, then prints what fraction of that ceiling the step reaches,
+what it would reach if everything but the convolutions were free, and how much time everything
+else may take for the step to reach 85% of the ceiling.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import argparse
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.train import Trainer, make_run_config
@@ -37,6 +44,36 @@ def conv_rows(prof) -> list[tuple]:
     return sorted(rows, key=lambda r: -r[4])
 
 
+CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")
+
+
+def budget(prof, tr, batches, data, args, target: float = 0.85):
+    from train_throughput import ceiling, median_time   # benchmarks/ is on sys.path when run as a script
+
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv_share = sum(e.self_cpu_time_total for e in events if e.key in CONV_OPS) / total
+    step = median_time(lambda i: tr.train_step(batches[i % len(batches)]).item(), max(args.steps, 3), 1)
+    counter = tr if not args.compile else Trainer(      # the flop counter needs the eager model
+        "/tmp/ddpmlab-bench", make_run_config(args.preset, batch_size=args.batch, precision=args.precision, device="cpu",
+                                              snapshot_steps=0, channels_last=args.channels_last),
+        data=data, progress=False)
+    with FlopCounterMode(display=False) as fc:
+        counter.train_step(batches[0])
+    gflop = fc.get_total_flops() / 1e9
+    conv_ceiling = ceiling(tr.precision)[0]
+    conv_s = conv_share * step
+    print(f"budget: {gflop:.1f} GFLOP per step in {step * 1e3:.0f} ms (median, unprofiled): "
+          f"{gflop / step:.1f} GFLOP/s, {gflop / step / conv_ceiling:.1%} of the {conv_ceiling:.1f} GFLOP/s "
+          f"conv ceiling")
+    print(f"  convolutions {conv_s * 1e3:.0f} ms ({conv_share:.1%} of the profiled time, "
+          f"{gflop / conv_s:.1f} GFLOP/s counting every FLOP of the step as theirs), "
+          f"everything else {(step - conv_s) * 1e3:.0f} ms")
+    print(f"  with everything else free the step would reach {gflop / conv_s / conv_ceiling:.1%} of the ceiling; "
+          f"{target:.0%} needs a step of {gflop / (target * conv_ceiling) * 1e3:.0f} ms, so everything else "
+          f"within {(gflop / (target * conv_ceiling) - conv_s) * 1e3:.0f} ms at these convolution speeds")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="unet-block")
@@ -45,10 +82,12 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--by-shape", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model first (warm-up compiles)")
+    ap.add_argument("--budget", action="store_true", help="the step's time against the conv ceiling")
     args = ap.parse_args()
     data = load_fashion_mnist("train").subset(args.batch * (args.steps + 3))
     rc = make_run_config(args.preset, batch_size=args.batch, precision=args.precision, device="cpu",
-                         snapshot_steps=0, channels_last=args.channels_last)
+                         snapshot_steps=0, channels_last=args.channels_last, compile=args.compile)
     tr = Trainer("/tmp/ddpmlab-bench", rc, data=data, progress=False)
     batches = [torch.arange(i * args.batch, (i + 1) * args.batch) for i in range(args.steps + 3)]
     for idx in batches[:3]:
@@ -59,6 +98,8 @@ def main():
     print(f"{args.preset}, {tr.precision}, channels_last {tr.channels_last}, batch {args.batch}, "
           f"{torch.get_num_threads()} threads, {args.steps} steps")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    if args.budget:
+        budget(prof, tr, batches, data, args)
     if args.by_shape:
         print("convolutions by shape (stride-2 downsamples are counted as stride 1: their GFLOP/s reads 4x high)")
         for r in conv_rows(prof):
