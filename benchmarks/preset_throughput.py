@@ -19,7 +19,7 @@ import torch
 from ddpmlab.config import PRESETS
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.models import count_parameters
-from ddpmlab.runtime import cpu_has_native_bf16
+from ddpmlab.runtime import cpu_has_native_bf16, keep_freed_memory
 from ddpmlab.train import Trainer, make_run_config
 
 
@@ -45,6 +45,7 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--settings", default="fp32/off,fp32/on,bf16/off,auto/auto")
     args = ap.parse_args()
+    keep_freed_memory()             # as the command line does; process-wide, so for every network timed here
     data = load_fashion_mnist("train").subset(args.batch * (args.steps + 2))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}")
     settings = [s.split("/") for s in args.settings.split(",")]

@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.train import Trainer, make_run_config
+from ddpmlab.runtime import keep_freed_memory
 
 
 def conv_rows(prof) -> list[tuple]:
@@ -85,6 +86,7 @@ def main():
     ap.add_argument("--compile", action="store_true", help="torch.compile the model first (warm-up compiles)")
     ap.add_argument("--budget", action="store_true", help="the step's time against the conv ceiling")
     args = ap.parse_args()
+    keep_freed_memory()             # as the command line does; process-wide, so for every network timed here
     data = load_fashion_mnist("train").subset(args.batch * (args.steps + 3))
     rc = make_run_config(args.preset, batch_size=args.batch, precision=args.precision, device="cpu",
                          snapshot_steps=0, channels_last=args.channels_last, compile=args.compile)

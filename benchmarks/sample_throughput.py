@@ -21,6 +21,7 @@ from ddpmlab.config import get_preset
 from ddpmlab.diffusion import make_schedule
 from ddpmlab.models import build_model, count_parameters
 from ddpmlab import render
+from ddpmlab.runtime import keep_freed_memory
 
 
 def ac(precision):
@@ -35,6 +36,7 @@ def main():
     ap.add_argument("--precisions", default="fp32")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    keep_freed_memory()             # as the command line does; process-wide, so for every network timed here
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
     cfg = get_preset("unet-block").model

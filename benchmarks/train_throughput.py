@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.models import count_parameters
-from ddpmlab.runtime import cpu_has_native_bf16
+from ddpmlab.runtime import cpu_has_native_bf16, keep_freed_memory
 from ddpmlab.train import Trainer, make_run_config
 
 
@@ -108,6 +108,7 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--precisions", default="fp32,bf16")
     args = ap.parse_args()
+    keep_freed_memory()             # as the command line does; process-wide, so for every network timed here
     data = load_fashion_mnist("train").subset(args.batch * 64)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}, "
           f"batch {args.batch}, median of {args.steps} steps")

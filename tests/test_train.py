@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -175,3 +178,32 @@ def test_channels_last_auto_follows_the_measurements():
     assert not resolve_channels_last("auto", cpu, "fp32", "resnet")
     assert resolve_channels_last("auto", cuda, "bf16", "unet")
     assert resolve_channels_last("on", cpu) and not resolve_channels_last("off", cuda, "bf16", "resnet")
+
+
+ALLOCATION_PATTERN = """
+import resource, sys, torch
+from ddpmlab.runtime import keep_freed_memory
+print(keep_freed_memory())
+sizes = (torch.randint(1, 64, (40,), generator=torch.Generator().manual_seed(0)) * 16384).tolist()
+def step():                        # a forward pass keeps 40 activations of 64 KiB-4 MiB, the backward frees them
+    kept = [torch.ones(n) for n in sizes]
+    del kept
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_keep_freed_memory_makes_repeated_steps_free_of_page_faults():
+    def faults_per_step(keep: str) -> tuple[str, float]:
+        env = dict(os.environ, DDPMLAB_KEEP_FREED_MEMORY=keep)
+        out = subprocess.run([sys.executable, "-c", ALLOCATION_PATTERN], env=env, capture_output=True,
+                             text=True, check=True).stdout.split()
+        return out[0], float(out[1])
+    applied, default = faults_per_step("0")
+    assert applied == "False" and default > 1000          # glibc's default: the pages come back every step
+    applied, kept = faults_per_step("1")
+    assert applied == "True" and kept < default / 10

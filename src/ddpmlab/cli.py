@@ -281,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    from .runtime import keep_freed_memory
+    keep_freed_memory()
     from .data import DataError
     from .run import RunError
     from .train import TrainingDiverged, TrainingInterrupted
