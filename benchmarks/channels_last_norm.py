@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.models import layers
+from ddpmlab.runtime import keep_freed_memory
 from preset_throughput import time_steps
 
 
@@ -107,6 +108,7 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--budget", action="store_true")
     args = ap.parse_args()
+    keep_freed_memory()             # as the command line does
     check()
     data = load_fashion_mnist("train").subset(args.batch * (args.steps + 2))
     base = time_steps(args.preset, "bf16", "off", args.steps, args.batch, data)[0]
