@@ -1,5 +1,6 @@
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -196,7 +197,8 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's malloc settings")
 def test_keep_freed_memory_makes_repeated_steps_free_of_page_faults():
     def faults_per_step(keep: str) -> tuple[str, float]:
         env = dict(os.environ, DDPMLAB_KEEP_FREED_MEMORY=keep)

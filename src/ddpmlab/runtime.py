@@ -35,9 +35,10 @@ def keep_freed_memory() -> bool:
     A training step allocates and frees the same few hundred tensors every time. By default glibc
     serves big blocks with fresh mmap'd pages, above a threshold it adapts as it goes, and trims
     the heap once they are freed, so every step page-faults much of its activations in again:
-    about 50,000 minor faults a step for unet-block on the CPU. Serving every block under 32 MiB
+    about 45,000 minor faults a step for unet-block on the CPU. Serving every block under 32 MiB
     from the heap and never trimming it makes the steady state fault-free (unet-block and
-    unet-small train 4-6% faster on the bf16 CPU, benchmarks/allocator.py). The price: the process
+    resnet-basic train ~5% faster on the bf16 CPU, benchmarks/allocator.py; 1000 samples of the
+    shipped model take 81 s instead of 93 s). The price: the process
     keeps the memory of its peak, as PyTorch's CUDA allocator does on GPUs. The command line calls
     this once at start. Linux with glibc only; elsewhere, or with DDPMLAB_KEEP_FREED_MEMORY=0, it
     changes nothing and returns False.
