@@ -11,27 +11,15 @@ and prints the medians and the ratio textbook / ddpmlab. Inputs are contiguous, 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from ddpmlab.models.layers import Norm
+from train_throughput import median_time   # benchmarks/ is on sys.path when run as a script
 
 SHAPES = [(64, 64, 28, 28), (64, 128, 14, 14), (64, 192, 7, 7)]
 COND_DIM = 64
-
-
-def median_ms(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def variants(norm: Norm):
@@ -77,7 +65,7 @@ def main():
 
                 def fwd_bwd():
                     fwd().backward(grad)
-                times[name] = (median_ms(fwd, args.repeats), median_ms(fwd_bwd, args.repeats))
+                times[name] = tuple(median_time(lambda i, f=f: f(), args.repeats, 3) * 1e3 for f in (fwd, fwd_bwd))
             cells = "  ".join(f"{n} {f:6.2f} / {fb:6.2f} ms" for n, (f, fb) in times.items())
             t, o = times["textbook"], times["ddpmlab"]
             print(f"{precision} {str(shape):18s} fwd / fwd+bwd: {cells}   textbook/ddpmlab {t[0] / o[0]:.2f}x / "

@@ -22,8 +22,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpmlab.data import load_fashion_mnist
-from ddpmlab.train import Trainer, make_run_config
 from ddpmlab.runtime import keep_freed_memory
+from ddpmlab.train import Trainer, make_run_config
 
 
 def conv_rows(prof) -> list[tuple]:
@@ -56,9 +56,7 @@ def budget(prof, tr, batches, data, args, target: float = 0.85):
     conv_share = sum(e.self_cpu_time_total for e in events if e.key in CONV_OPS) / total
     step = median_time(lambda i: tr.train_step(batches[i % len(batches)]).item(), max(args.steps, 3), 1)
     counter = tr if not args.compile else Trainer(      # the flop counter needs the eager model
-        "/tmp/ddpmlab-bench", make_run_config(args.preset, batch_size=args.batch, precision=args.precision, device="cpu",
-                                              snapshot_steps=0, channels_last=args.channels_last),
-        data=data, progress=False)
+        "/tmp/ddpmlab-bench", run_config(args, compile=False), data=data, progress=False)
     with FlopCounterMode(display=False) as fc:
         counter.train_step(batches[0])
     gflop = fc.get_total_flops() / 1e9
@@ -75,7 +73,12 @@ def budget(prof, tr, batches, data, args, target: float = 0.85):
           f"within {(gflop / (target * conv_ceiling) - conv_s) * 1e3:.0f} ms at these convolution speeds")
 
 
-def main():
+def run_config(args, compile: bool):
+    return make_run_config(args.preset, batch_size=args.batch, precision=args.precision, device="cpu",
+                           snapshot_steps=0, channels_last=args.channels_last, compile=compile)
+
+
+def main(argv: list[str] | None = None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="unet-block")
     ap.add_argument("--precision", default="bf16")
@@ -85,12 +88,10 @@ def main():
     ap.add_argument("--by-shape", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model first (warm-up compiles)")
     ap.add_argument("--budget", action="store_true", help="the step's time against the conv ceiling")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     keep_freed_memory()             # as the command line does; process-wide, so for every network timed here
     data = load_fashion_mnist("train").subset(args.batch * (args.steps + 3))
-    rc = make_run_config(args.preset, batch_size=args.batch, precision=args.precision, device="cpu",
-                         snapshot_steps=0, channels_last=args.channels_last, compile=args.compile)
-    tr = Trainer("/tmp/ddpmlab-bench", rc, data=data, progress=False)
+    tr = Trainer("/tmp/ddpmlab-bench", run_config(args, compile=args.compile), data=data, progress=False)
     batches = [torch.arange(i * args.batch, (i + 1) * args.batch) for i in range(args.steps + 3)]
     for idx in batches[:3]:
         tr.train_step(idx).item()
