@@ -14,7 +14,7 @@ OUT=${OUT:-runs/equal-compute}
 D=.venv/bin/ddpmlab
 for spec in "unet-block:$BLOCK_STEPS" "unet-small:$SMALL_STEPS"; do
     p=${spec%%:*}; s=${spec##*:}
-    [ -f "$OUT/$p/state.pt" ] && continue
+    [ -f "$OUT/$p/checkpoint.json" ] && continue
     /usr/bin/time -f "$p: $s steps, %e s of training" $D train --preset "$p" --max-steps "$s" --snapshot-steps 0 \
         --out "$OUT/$p" --quiet
 done

@@ -20,6 +20,7 @@ from pathlib import Path
 from ddpmlab.evaluate import run_eval_dir
 from ddpmlab.report import run_summary
 from ddpmlab import config as C
+from ddpmlab import checkpoint
 from ddpmlab.run import PRETRAINED_DIR, load_config, read_metrics, save_config
 from ddpmlab.sample import sampling_settings
 
@@ -50,9 +51,12 @@ def main():
     run = Path(args.run)
     dst = PRETRAINED_DIR / args.name
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "ema.safetensors", "metrics.jsonl", "loss.png", "process.png"):
+    for name in ("config.json", "metrics.jsonl", "loss.png", "process.png"):
         if (run / name).is_file():
             shutil.copyfile(run / name, dst / name)
+    # the EMA weights of the run's checkpoint (checked against its manifest), at the top: a shipped
+    # model is read-only and needs no manifest
+    (dst / "ema.safetensors").write_bytes(checkpoint.read_bytes(run, "ema.safetensors")[0])
     if (run / "samples" / "grid.png").is_file():
         (dst / "samples").mkdir(exist_ok=True)
         shutil.copyfile(run / "samples" / "grid.png", dst / "samples" / "grid.png")

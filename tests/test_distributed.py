@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from ddpmlab import checkpoint
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 TINY = ["--set", "channels=8", "--set", "num_blocks=2", "--set", "time_dim=16"]
@@ -32,14 +32,14 @@ def test_two_cpu_ranks_agree_and_resume(tmp_path):
     epochs = [m for m in metrics if m["kind"] == "epoch"]
     # 256 images, 2 ranks x 16 per batch: 8 steps make one epoch, each rank a disjoint half
     assert epochs[-1]["step"] == 8 and epochs[-1]["epoch"] == 1
-    for f in ("config.json", "model.safetensors", "ema.safetensors", "state.pt", "loss.png", "process.png",
+    for f in ("config.json", "checkpoint.json", "loss.png", "process.png",
               "samples/grid.png", "snapshots/epoch1-class0.png"):
         assert (out / f).is_file(), f
-    before = load_file(str(out / "model.safetensors"))
+    before = checkpoint.load_tensors(out, "model.safetensors")
     run_torchrun(out, "--epochs", "2", "--resume")
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics if m["kind"] == "epoch"] == [1, 2]
     last = [m for m in metrics if m["kind"] == "ddp"][-1]
     assert last["step"] == 16 and len(set(last["weights_sha256"])) == 1
-    after = load_file(str(out / "model.safetensors"))
+    after = checkpoint.load_tensors(out, "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)

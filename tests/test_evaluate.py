@@ -193,24 +193,29 @@ def test_bad_sampling_settings_are_refused(tmp_path):
             load_config(run_dir)
 
 
-BAD = {
-    "no images": dict(foo=np.zeros((4, 28, 28, 1), np.uint8)),
-    "wrong rank": dict(arr_0=np.zeros((4, 28, 28), np.uint8)),
-    "not 28x28": dict(arr_0=np.zeros((4, 32, 32, 1), np.uint8)),
-    "NaN": dict(arr_0=np.full((4, 28, 28, 1), np.nan, np.float32)),
-    "out of range floats": dict(arr_0=np.full((4, 28, 28, 1), 7.0, np.float32)),
-    "label out of range": dict(arr_0=np.zeros((4, 28, 28, 1), np.uint8), arr_1=np.array([0, 1, 2, 10])),
-    "label length": dict(arr_0=np.zeros((4, 28, 28, 1), np.uint8), arr_1=np.array([0, 1, 2])),
-    "float labels": dict(arr_0=np.zeros((4, 28, 28, 1), np.uint8), arr_1=np.array([0.0, 1, 2, 3])),
+BAD = {   # case: (arrays, what the one line must say)
+    "no images": (dict(foo=np.zeros((4, 28, 28, 1), np.uint8)), "holds no images: expected key arr_0"),
+    "wrong rank": (dict(arr_0=np.zeros((4, 28), np.uint8)), "has shape (4, 28); the classifier metric is for grey"),
+    "not 28x28": (dict(arr_0=np.zeros((4, 32, 32, 1), np.uint8)), "has shape (4, 32, 32, 1); the classifier"),
+    "NaN": (dict(arr_0=np.full((4, 28, 28, 1), np.nan, np.float32)), "NaN/inf values"),
+    "out of range floats": (dict(arr_0=np.full((4, 28, 28, 1), 7.0, np.float32)), "expected [0, 1] or [-1, 1]"),
+    "label out of range": (dict(arr_0=np.zeros((4, 28, 28, 1), np.uint8), arr_1=np.array([0, 1, 2, 10])),
+                           "labels 0..10; valid: 0..9"),
+    "label length": (dict(arr_0=np.zeros((4, 28, 28, 1), np.uint8), arr_1=np.array([0, 1, 2])),
+                     "expected (4,), one label per image"),
+    "float labels": (dict(arr_0=np.zeros((4, 28, 28, 1), np.uint8), arr_1=np.array([0.0, 1, 2, 3])),
+                     "expected integer class labels"),
 }
 
 
 @pytest.mark.parametrize("case", BAD)
 def test_bad_npz_is_a_one_line_error(tmp_path, capsys, case):
-    p = _npz(tmp_path / "bad.npz", **BAD[case])
+    arrays, needle = BAD[case]
+    p = _npz(tmp_path / "bad.npz", **arrays)
     assert cli.main(["evaluate", p]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ddpmlab: error:") and "\n" not in err
+    assert needle in err, (case, err)
 
 
 def test_missing_or_unreadable_input_is_a_one_line_error(tmp_path, capsys):

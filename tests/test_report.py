@@ -30,11 +30,11 @@ def test_reproduce_writes_report_and_skips_finished_runs(tmp_path, tiny_budget, 
         evals = list((tmp_path / "runs" / p / "eval").glob("*.json"))
         assert len(evals) == 1 and json.loads(evals[0].read_text())["n"] == 40
     # interrupted or not, a second call trains nothing and reuses the cached evaluations
-    mtimes = {p: (tmp_path / "runs" / p / "ema.safetensors").stat().st_mtime for p in presets}
+    mtimes = {p: (tmp_path / "runs" / p / "checkpoint.json").stat().st_mtime for p in presets}
     caplog.set_level("INFO")
     R.reproduce(tmp_path, "quick", presets=presets, progress=False)
     assert "resnet-basic: finished earlier, skipped" in caplog.text
-    assert mtimes == {p: (tmp_path / "runs" / p / "ema.safetensors").stat().st_mtime for p in presets}
+    assert mtimes == {p: (tmp_path / "runs" / p / "checkpoint.json").stat().st_mtime for p in presets}
 
 
 def test_reproduce_resumes_an_unfinished_run(tmp_path, tiny_budget):

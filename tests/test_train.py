@@ -6,9 +6,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from ddpmlab import cli
+from ddpmlab import checkpoint, cli
 from ddpmlab.config import ConfigError
 from ddpmlab.diffusion import loss_fn, make_schedule
 from ddpmlab.models import build_model
@@ -23,7 +21,7 @@ def tiny_rc(preset="resnet-class", **kw):
 
 
 def weights(run_dir, name="model"):
-    return load_file(str(run_dir / f"{name}.safetensors"))
+    return checkpoint.load_tensors(run_dir, f"{name}.safetensors")
 
 
 def assert_same_weights(a, b):
@@ -52,9 +50,14 @@ def test_resume_is_bit_identical(tmp_path, fmnist_small):
 def test_run_directory_is_complete(tmp_path, fmnist_small):
     out = tmp_path / "run"
     train(out, tiny_rc(epochs=1), data=fmnist_small.subset(64), progress=False)
-    for f in ("config.json", "model.safetensors", "ema.safetensors", "state.pt", "metrics.jsonl", "loss.png",
-              "process.png", "samples/grid.png"):
+    ckpt = json.loads((out / "checkpoint.json").read_text())["dir"]
+    for f in ("config.json", "checkpoint.json", f"{ckpt}/model.safetensors", f"{ckpt}/ema.safetensors",
+              f"{ckpt}/state.pt", "metrics.jsonl", "loss.png", "process.png", "samples/grid.png"):
         assert (out / f).is_file(), f
+    assert [p.name for p in out.glob("ckpt-*")] == [ckpt]          # the previous checkpoint is gone
+    about = json.loads((out / "config.json").read_text())["about"]
+    assert about["class_names"][0] == "T-shirt/top" and about["torch"] == torch.__version__
+    assert about["data_checksum"].startswith("c59f468a") and about["world_size"] == 1
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == sorted(f"epoch1-class{k}.png" for k in range(10))
     assert not list(out.rglob("*.tmp"))
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -101,7 +104,7 @@ def test_refuses_to_overwrite_and_resume_without_checkpoint(tmp_path, fmnist_sma
     train(tmp_path / "r", tiny_rc(epochs=1), data=data, progress=False)
     with pytest.raises(ConfigError, match="already holds a run"):
         train(tmp_path / "r", tiny_rc(epochs=1), data=data, progress=False)
-    with pytest.raises(ConfigError, match="no checkpoint"):
+    with pytest.raises(ConfigError, match="holds no run: nothing is resumable yet"):
         train(tmp_path / "nothing", resume=True, data=data)
 
 
@@ -160,12 +163,18 @@ def test_resume_with_a_new_learning_rate_uses_it(tmp_path, fmnist_small):
 
 def test_adam_is_fused_and_stays_fused_on_resuming_an_older_unfused_checkpoint(tmp_path, fmnist_small):
     data = fmnist_small.subset(64)
-    train(tmp_path / "run", tiny_rc(epochs=1), data=data, progress=False)
-    state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    run = tmp_path / "run"
+    train(run, tiny_rc(epochs=1), data=data, progress=False)
+    state = checkpoint.load_state(run)
     assert state["optimizer"]["param_groups"][0]["fused"] is True
     for group in state["optimizer"]["param_groups"]:   # as the runs of earlier versions saved it
         group["fused"] = None
-    torch.save(state, tmp_path / "run" / "state.pt")
+    # and in the first layout, files at the top of the run directory, no manifest
+    ckpt = run / json.loads((run / "checkpoint.json").read_text())["dir"]
+    for name in ("model.safetensors", "ema.safetensors"):
+        (ckpt / name).rename(run / name)
+    torch.save(state, run / "state.pt")
+    (run / "checkpoint.json").unlink()
     tr = Trainer(tmp_path / "run", tiny_rc(epochs=2), data=data, progress=False)
     tr.load()
     assert tr.step == state["step"] and all(g["fused"] is True for g in tr.opt.param_groups)

@@ -64,7 +64,7 @@ def test_builds_runs_and_save_load_is_identical(class_cond, norm, tmp_path):
     save_weights(model, tmp_path / "m.safetensors")
     torch.manual_seed(123)
     other = build_model(model.cfg)
-    load_weights(other, tmp_path / "m.safetensors")
+    load_weights(other, tmp_path / "m.safetensors", None)
     model.eval(), other.eval()
     with torch.no_grad():
         assert torch.equal(model(x, t, label), other(x, t, label))
@@ -291,8 +291,10 @@ def test_folder_with_classes_broken_file_and_cache(tmp_path, cache, caplog, monk
     make_png(root / "dogs" / "wide.jpg", size=(30, 10), kind="JPEG", color=(255, 255, 255))
     (root / "cats" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (root / "cats" / "notes.txt").write_text("not an image, not counted")
+    with pytest.raises(D.DataError, match="1 of 8 image files cannot be read .*broken.jpg.*--skip-unreadable"):
+        D.load_image_folder(root, size=8, channels=3, progress=False)
     with caplog.at_level(logging.WARNING, logger="ddpmlab.data"):
-        ds = D.load_image_folder(root, size=8, channels=3, progress=False)
+        ds = D.load_image_folder(root, size=8, channels=3, progress=False, skip_unreadable=True)
     assert ds.images.shape == (7, 3, 8, 8) and ds.images.dtype == torch.uint8
     assert ds.num_classes == 2 and ds.class_names == ("cats", "dogs")
     assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
@@ -302,12 +304,12 @@ def test_folder_with_classes_broken_file_and_cache(tmp_path, cache, caplog, monk
     assert len(list(cache.iterdir())) == 1
     with monkeypatch.context() as m:
         m.setattr(D, "_decode", lambda args: pytest.fail("decoded again despite the cache"))
-        again = D.load_image_folder(root, size=8, channels=3, progress=False)
+        again = D.load_image_folder(root, size=8, channels=3, progress=False, skip_unreadable=True)
     assert torch.equal(again.images, ds.images) and torch.equal(again.labels, ds.labels)
     # a changed file, or another size, is another cache entry
     os.utime(root / "cats" / "0.png", ns=(1, 1))
-    D.load_image_folder(root, size=8, channels=3, progress=False)
-    D.load_image_folder(root, size=4, channels=1, progress=False)
+    D.load_image_folder(root, size=8, channels=3, progress=False, skip_unreadable=True)
+    D.load_image_folder(root, size=4, channels=1, progress=False, skip_unreadable=True)
     assert len(list(cache.iterdir())) == 3
 
 
@@ -350,7 +352,7 @@ def test_cli_trains_the_faces_preset_on_a_folder(tmp_path, cache, capsys):
             "--out", str(out), "--quiet", "--snapshot-steps", "2", "--device", "cpu",
             "--set", "channels=8", "--set", "channel_mults=1,2", "--set", "blocks_per_level=1", "--set", "time_dim=16"]
     assert cli.main(argv) == 0
-    assert (out / "model.safetensors").is_file() and (out / "samples" / "grid.png").is_file()
+    assert (out / "checkpoint.json").is_file() and (out / "samples" / "grid.png").is_file()
     # without --data-dir: one line, exit 2
     assert cli.main(["train", "--preset", "unet-faces64", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "--data-dir" in capsys.readouterr().err

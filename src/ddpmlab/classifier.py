@@ -153,6 +153,8 @@ def train_classifier(out=PRETRAINED, *, epochs: int = 4, batch_size: int = 128, 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps,
                                                 pct_start=max(0.2, 2 / total_steps))   # >= 2 warm-up steps
     t0 = time.time()
+    from .runtime import progress_bar
+    bar = progress_bar(total=total_steps, desc="classifier", unit="step", enabled=progress)
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(train), generator=gen)
@@ -171,12 +173,13 @@ def train_classifier(out=PRETRAINED, *, epochs: int = 4, batch_size: int = 128, 
             total += loss.item() * len(idx)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(idx)
-            if progress and (i + 1) % 100 == 0:
-                log.info(f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} loss {total / seen:.4f} "
-                         f"train acc {correct / seen:.4f} ({time.time() - t0:.0f}s)")
+            bar.update(1)
+            if (i + 1) % 100 == 0:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{total / seen:.4f}", acc=f"{correct / seen:.4f}")
         # test accuracy is shown, never used to choose anything (fixed epochs, last weights)
         log.info(f"epoch {epoch + 1}/{epochs}: loss {total / seen:.4f}, train acc {correct / seen:.4f}, "
                  f"test acc {accuracy(model, test):.4f}, {time.time() - t0:.0f}s")
+    bar.close()
     train_s = time.time() - t0
     acc = accuracy(model, test)
     info = {"test_acc": round(acc, 5), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,

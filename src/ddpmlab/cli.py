@@ -7,9 +7,7 @@ import logging
 import sys
 
 from . import config as C
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLE_PRECISION, SAMPLERS
-
-SAMPLER_NAMES = tuple(SAMPLERS)
+from .defaults import DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS, SAMPLE_PRECISION, SAMPLER_NAMES, SPACINGS
 
 EXIT_USAGE = 2
 
@@ -58,20 +56,44 @@ def cmd_data(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from pathlib import Path
+
     from .train import make_run_config, train
     out = args.out or f"runs/{args.preset}"
     overrides = {k: v for k, v in dict(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps, seed=args.seed,
         device=args.device, precision=args.precision, cond_drop=args.cond_drop, subset=args.subset,
         data=args.data, data_dir=args.data_dir, snapshot_steps=args.snapshot_steps, channels_last=args.channels_last,
-        compile=args.compile or None, tensorboard=args.tensorboard or None).items()
+        skip_unreadable=args.skip_unreadable or None,
+        compile=args.compile or None, tensorboard=args.tensorboard or None,
+        loss_weighting=args.loss_weighting, t_sampling=args.t_sampling, lr_schedule=args.lr_schedule,
+        warmup_steps=args.warmup_steps, ema_halflife_kimg=args.ema_halflife_kimg).items()
         if v is not None}
+    if args.resume and (args.recipe or args.prediction):
+        # a recipe's training settings apply like flags; what the network outputs cannot change
+        recipe = C.get_recipe(args.recipe) if args.recipe else {"diffusion": {}, "train": {}}
+        overrides = {**recipe["train"], **overrides}
+        want = args.prediction or recipe["diffusion"].get("prediction")
+        if want and (out_cfg := Path(out) / "config.json").is_file():
+            from .run import load_config
+            have = load_config(out).diffusion.prediction
+            if want != have:
+                raise C.ConfigError(f"--prediction {want}: {out_cfg} was trained with prediction {have}; "
+                                    "a run being resumed keeps it")
     if args.resume:
-        if args.set:
-            raise C.ConfigError("--set cannot change the model of a run being resumed")
+        if args.set and (out_cfg := Path(out) / "config.json").is_file():
+            # the same command again with --resume is fine; a different model is not
+            from .run import load_config
+            saved = C.to_dict(load_config(out).model)
+            changed = {k: v for k, v in C.to_dict(C.from_dict(C.ModelConfig, {**saved, **parse_set(args.set)})).items()
+                       if saved[k] != v}
+            if changed:
+                raise C.ConfigError(f"--set cannot change the model of a run being resumed ({out_cfg} has "
+                                    + ", ".join(f"{k}={saved[k]}" for k in changed) + ")")
         result = train(out, resume=True, progress=not args.quiet, **overrides)
     else:
-        rc = make_run_config(args.preset, parse_set(args.set), **overrides)
+        rc = make_run_config(args.preset, parse_set(args.set), recipe=args.recipe,
+                             diffusion_overrides={"prediction": args.prediction}, **overrides)
         if args.dry_run:
             import json
             print(json.dumps(rc.to_json(), indent=2))
@@ -86,16 +108,33 @@ def _check_steps(steps: int | None) -> None:
         raise C.ConfigError(f"--steps must be >= 1, got {steps}")
 
 
+def parse_interval(text: str | None) -> list | None:
+    """`--guidance-interval LO,HI` -> [LO, HI]; None when not given."""
+    if text is None:
+        return None
+    lo, sep, hi = text.partition(",")
+    try:
+        value = [int(lo), int(hi)] if sep else None
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value[0] <= value[1]:
+        raise C.ConfigError(f"--guidance-interval {text!r}: expected LO,HI, integer timesteps with 0 <= LO <= HI "
+                            "(e.g. 100,800)")
+    return value
+
+
 def cmd_sample(args) -> None:
     from .sample import load_run, sample, save_grid, save_npz
     _check_steps(args.steps)
+    interval = parse_interval(args.guidance_interval)
     run = load_run(args.run, device=args.device, precision=args.precision)
     if args.labels is not None and args.labels != "all":
         raise C.ConfigError(f"--labels {args.labels!r}: valid: all")
     labels = "all" if args.labels == "all" else args.label
     x, y = sample(run, args.n, labels=labels, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                  seed=args.seed)
-    grid = args.grid or (None if args.npz else f"{run.path}/samples/sample.png")
+                  seed=args.seed, spacing=args.spacing, guidance_interval=interval)
+    from .run import default_output
+    grid = args.grid or (None if args.npz else default_output(run.path, "samples/sample.png"))
     if grid:
         save_grid(run, x, y, grid)
         print(f"grid: {grid}")
@@ -107,9 +146,12 @@ def cmd_sample(args) -> None:
 def cmd_process(args) -> None:
     from .sample import load_run, process
     _check_steps(args.steps)
+    interval = parse_interval(args.guidance_interval)
     run = load_run(args.run, device=args.device, precision=args.precision)
-    out = args.out or f"{run.path}/process.png"
-    process(run, out, label=args.label, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
+    from .run import default_output
+    out = args.out or default_output(run.path, "process.png")
+    process(run, out, label=args.label, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
+            spacing=args.spacing, guidance_interval=interval)
     print(f"process figure: {out}")
 
 
@@ -145,7 +187,9 @@ def cmd_evaluate(args) -> None:
         _check_steps(args.steps)
         r, cached = cached_evaluate_run(args.run_or_npz, 1000 if args.n is None else args.n,
                                         sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                                        seed=args.seed, device=args.device, precision=args.precision, **kw)
+                                        seed=args.seed, device=args.device, precision=args.precision,
+                                        spacing=args.spacing, guidance_interval=parse_interval(args.guidance_interval),
+                                        **kw)
         out = args.out or cached
     print(format_table(r))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +200,8 @@ def cmd_evaluate(args) -> None:
 def cmd_report(args) -> None:
     from .report import write_report
     path = write_report(args.runs, args.out, n=args.n, sampler=args.sampler, steps=args.steps,
-                        guidance=args.guidance, evaluate=not args.no_eval)
+                        guidance=args.guidance, evaluate=not args.no_eval, spacing=args.spacing,
+                        guidance_interval=parse_interval(args.guidance_interval))
     print(f"report: {path} and {path.parent / 'report.html'}")
 
 
@@ -196,11 +241,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="fashion-mnist | folder (the folder --data-dir names) | a folder of images")
     p.add_argument("--data-dir", help="where FashionMNIST is; for data 'folder' (unet-faces64): the image folder")
     p.add_argument("--snapshot-steps", type=int, help="DDIM steps of the per-epoch snapshots (0 = none)")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="image folders: skip files that cannot be decoded (default: stop and name them)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. channels=32")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (compile time is logged)")
     p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard under OUT/tensorboard")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--recipe", help=f"a named set of the training options below, applied before the flags given: "
+                                    f"{', '.join(C.RECIPES)} (default: the write-up's recipe)")
+    p.add_argument("--prediction", choices=C.PREDICTIONS, help="what the network outputs (default: eps)")
+    p.add_argument("--loss-weighting", choices=C.LOSS_WEIGHTINGS, help="min-snr: Hang et al. 2023, gamma 5 (default: uniform)")
+    p.add_argument("--t-sampling", choices=C.T_SAMPLINGS, help="training timesteps; lognormal: EDM's (default: uniform)")
+    p.add_argument("--lr-schedule", choices=C.LR_SCHEDULES,
+                   help="cosine: linear warmup, then cosine decay to min_lr at the end of the run (default: plateau)")
+    p.add_argument("--warmup-steps", type=int, help="lr-schedule cosine: warmup steps (default: 0)")
+    p.add_argument("--ema-halflife-kimg", type=float,
+                   help="EMA half-life in thousands of images instead of the fixed ema_decay (default: none)")
     p.set_defaults(fn=cmd_train)
 
     own = "the run's own (config.json \"sampling\"), else"
@@ -210,13 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the network's arithmetic while sampling; auto: bf16 on CUDA and on CPUs with native "
                             "bf16 (default: %(default)s)")
 
+    def spacing_flags(p, default_text=own):
+        p.add_argument("--spacing", choices=SPACINGS, help=f"timestep spacing (default: {default_text} {DEFAULT_SPACING})")
+        p.add_argument("--guidance-interval", metavar="LO,HI",
+                       help=f"guide only at timesteps LO..HI (default: {default_text} every step)")
+
     def sampling_flags(p):
         p.add_argument("run", help="run directory or shipped model name")
         p.add_argument("--sampler", choices=SAMPLER_NAMES, help=f"default: {own} {DEFAULT_SAMPLER}")
         p.add_argument("--steps", type=int, help=f"default: {own} {DEFAULT_STEPS}")
+        spacing_flags(p)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
         precision_flag(p)
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("sample", help="draw samples: a grid and/or an .npz")
     sampling_flags(p)
@@ -242,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=SAMPLER_NAMES, help=f"default: {own} {DEFAULT_SAMPLER}")
     p.add_argument("--steps", type=int, help=f"default: {own} {DEFAULT_STEPS}")
     p.add_argument("--guidance", type=float, help=f"classifier-free guidance weight (default: {own} 0)")
+    spacing_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     precision_flag(p)
@@ -249,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", help="classifier weights (default: the shipped ones)")
     p.add_argument("--inception-weights", metavar="FILE",
                    help="pt_inception-2015-12-05-6726825d.pth: adds Inception FID at 299x299")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("classifier", help="the evaluation classifier: train it, or test it")
@@ -267,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=SAMPLER_NAMES, help=f"default: each run's own, else {DEFAULT_SAMPLER}")
     p.add_argument("--steps", type=int, help=f"default: each run's own, else {DEFAULT_STEPS}")
     p.add_argument("--guidance", type=float, help="default: each run's own, else 0")
+    spacing_flags(p, "each run's own, else")
     p.add_argument("--no-eval", action="store_true", help="figures only, no evaluation")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("reproduce", help="train the whole ladder, evaluate every model, write the report")
@@ -281,15 +349,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    from .runtime import keep_freed_memory
+    from .runtime import keep_freed_memory, set_progress
     keep_freed_memory()
+    set_progress(not getattr(args, "quiet", False))
+    from .checkpoint import CheckpointError
     from .data import DataError
     from .run import RunError
     from .train import TrainingDiverged, TrainingInterrupted
     try:
         args.fn(args)
-    except (C.ConfigError, DataError, RunError) as e:
+    except (C.ConfigError, DataError, RunError, CheckpointError) as e:
         print(f"ddpmlab: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:     # a full disk, a read-only folder, ...: one line naming the file, no traceback
+        import errno
+        where = e.filename or "?"
+        why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+        print(f"ddpmlab: error: {where}: {why}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingDiverged as e:
         print(f"ddpmlab: training diverged: {e}", file=sys.stderr)

@@ -56,6 +56,7 @@ class ImageSet:
     num_classes: int                # 0 when unlabelled
     class_names: tuple
     source: str
+    checksum: str = ""              # FashionMNIST: SHA-256 of its training images; folders: the cache key
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -64,7 +65,7 @@ class ImageSet:
         if n is None or n >= len(self):
             return self
         labels = None if self.labels is None else self.labels[:n]
-        return ImageSet(self.images[:n], labels, self.num_classes, self.class_names, self.source)
+        return ImageSet(self.images[:n], labels, self.num_classes, self.class_names, self.source, self.checksum)
 
 
 def to_model_range(images_u8: torch.Tensor) -> torch.Tensor:
@@ -168,7 +169,7 @@ def load_fashion_mnist(split: str = "train", data_dir=None, download: bool = Tru
         raise DataError(f"{img_path} holds {images.shape[0]} images but {lab_path} holds "
                         f"{labels.shape[0]} labels; {FIX}")
     return ImageSet(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
-                    10, FASHION_CLASSES, str(d))
+                    10, FASHION_CLASSES, str(d), FASHION_FILES[f"{prefix}-images-idx3-ubyte"][0])
 
 
 def verify_fashion_mnist(data_dir=None, download: bool = True) -> tuple[Path, dict]:
@@ -209,6 +210,10 @@ def scan_image_folder(root) -> tuple[list[Path], list[int] | None, tuple]:
                         "(sub-folders = classes)")
     subdirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
     classes = [(d.name, f) for d in subdirs if (f := _images_under(d))]
+    empty = [d for d in subdirs if d.name not in {name for name, _ in classes}]
+    if empty:
+        raise DataError(f"{empty[0]} holds no jpg/png images: a sub-folder of {root} is a class, so remove it "
+                        "or put its images in it")
     loose = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
                    and p.name.lower().endswith(IMAGE_SUFFIXES))
     if len(classes) >= 2:
@@ -249,13 +254,15 @@ def _cache_key(root: Path, files: list[Path], size: int, channels: int) -> str:
     return h.hexdigest()[:24]
 
 
-def load_image_folder(path, size: int = 64, channels: int = 3, progress: bool = True) -> ImageSet:
+def load_image_folder(path, size: int = 64, channels: int = 3, progress: bool = True,
+                      skip_unreadable: bool = False) -> ImageSet:
     """A folder of jpg/png images as an ImageSet (N, channels, size, size) uint8.
 
     Sub-folders are classes (labels in sorted folder order), else unlabelled (num_classes=0).
     Decoded once into ~/.cache/ddpmlab/folders/<key>/ where the key hashes the folder, size,
-    channels and every file's name, mtime and size: touching a file decodes again. Unreadable
-    files are skipped and counted in a warning; a folder with no readable image is a DataError.
+    channels and every file's name, mtime and size: touching a file decodes again. An unreadable
+    file is a DataError naming it, unless skip_unreadable (`train --skip-unreadable`): then such
+    files are skipped and counted in a warning. A folder with no readable image is a DataError.
     """
     if channels not in (1, 3):
         raise DataError(f"image folders load as 1 (grey) or 3 (RGB) channels, not {channels}")
@@ -264,22 +271,35 @@ def load_image_folder(path, size: int = 64, channels: int = 3, progress: bool = 
     cache = folder_cache_dir() / _cache_key(root, files, size, channels)
     if (cache / "meta.json").is_file():
         meta = json.loads((cache / "meta.json").read_text())
+        if meta["files"] != meta["images"] and not skip_unreadable:
+            raise DataError(f"{root}: {meta['files'] - meta['images']} of {meta['files']} image files cannot be "
+                            f"read (first: {meta.get('first_unreadable', '?')}); delete them, or pass "
+                            "--skip-unreadable to train without them")
         images = np.load(cache / "images.npy")
         labs = np.load(cache / "labels.npy") if meta["labelled"] else None
-        log.info("%s: %d images from the cache %s (%d unreadable files skipped)", root, len(images), cache,
-                 meta["files"] - meta["images"])
+        log.info("%s: %d images from the cache %s", root, len(images), cache)
+        if meta["files"] != meta["images"]:
+            log.warning("%s: %d of %d image files could not be read and were skipped (first: %s)", root,
+                        meta["files"] - meta["images"], meta["files"], meta.get("first_unreadable"))
     else:
-        images, labs = _decode_all(root, files, labels, size, channels, progress)
+        images, labs, bad = _decode_all(root, files, labels, size, channels, progress)
         cache.mkdir(parents=True, exist_ok=True)
         atomic_save_numpy(cache / "images.npy", np.save, images)
         if labs is not None:
             atomic_save_numpy(cache / "labels.npy", np.save, labs)
         meta = {"folder": str(root.resolve()), "size": size, "channels": channels, "files": len(files),
-                "images": len(images), "labelled": labs is not None, "class_names": list(names)}
+                "images": len(images), "labelled": labs is not None, "class_names": list(names),
+                "first_unreadable": str(bad[0]) if bad else None}
         # written last: marks the cache complete
         atomic_write(cache / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
+        if bad and not skip_unreadable:
+            raise DataError(f"{root}: {len(bad)} of {len(files)} image files cannot be read (first: {bad[0]}); "
+                            "delete them, or pass --skip-unreadable to train without them")
+        if bad:
+            log.warning("%s: %d of %d image files could not be read and were skipped (first: %s)",
+                        root, len(bad), len(files), bad[0])
     return ImageSet(torch.from_numpy(images), None if labs is None else torch.from_numpy(labs),
-                    len(names), tuple(names), str(root))
+                    len(names), tuple(names), str(root), cache.name)
 
 
 def _decode_all(root, files, labels, size, channels, progress):
@@ -302,15 +322,12 @@ def _decode_all(root, files, labels, size, channels, progress):
     if len(bad) == len(files):
         raise DataError(f"none of the {len(files)} image files in {root} could be read "
                         f"(first: {bad[0]}); are they really jpg/png?")
-    if bad:
-        log.warning("%s: %d of %d image files could not be read and were skipped (first: %s)",
-                    root, len(bad), len(files), bad[0])
     labs = None if labels is None else np.asarray(labels, np.int64)[ok]
-    return (out[ok] if bad else out), labs
+    return (out[ok] if bad else out), labs, bad
 
 
 def load_dataset(name: str = "fashion-mnist", data_dir=None, split: str = "train", *,
-                 size: int = 64, channels: int = 3) -> ImageSet:
+                 size: int = 64, channels: int = 3, skip_unreadable: bool = False) -> ImageSet:
     """The training data named by TrainConfig.data: "fashion-mnist"; "folder", the folder named
     by data_dir (--data-dir); or a folder path. size/channels: those of the model, for folders."""
     if name == "fashion-mnist":
@@ -319,8 +336,8 @@ def load_dataset(name: str = "fashion-mnist", data_dir=None, split: str = "train
         if not data_dir:
             raise DataError("this preset trains on a folder of images: pass --data-dir FOLDER "
                             "(jpg/png; sub-folders = classes)")
-        return load_image_folder(data_dir, size, channels)
+        return load_image_folder(data_dir, size, channels, skip_unreadable=skip_unreadable)
     if Path(name).expanduser().is_dir():
-        return load_image_folder(name, size, channels)
+        return load_image_folder(name, size, channels, skip_unreadable=skip_unreadable)
     raise DataError(f"unknown dataset {name!r}; valid: fashion-mnist, folder (with --data-dir FOLDER), "
                     "or the path of a folder of images")

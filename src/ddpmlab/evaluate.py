@@ -37,6 +37,8 @@ import json
 import logging
 import time
 import warnings
+import zipfile
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -80,8 +82,9 @@ def load_samples(path, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor
     path = Path(path)
     try:
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise SampleFileError(f"{path}: not a readable .npz file ({e})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise SampleFileError(f"{path}: not a readable .npz file ({e}); truncated? write it again with "
+                              "`ddpmlab sample RUN --npz FILE` or np.savez(FILE, arr_0=images, arr_1=labels)") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise SampleFileError(f"{path}: a single array, not an .npz; save with np.savez(path, arr_0=images, arr_1=labels)")
     with z:
@@ -93,15 +96,24 @@ def load_samples(path, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor
             x = z[img_key]
             y = z[lab_key] if lab_key else None
         except ValueError as e:
+            if "allow_pickle" in str(e):
+                raise SampleFileError(f"{path}: {img_key}/{lab_key} are object arrays, which are never unpickled; "
+                                      "save numeric arrays: uint8 images and int64 labels") from None
             raise SampleFileError(f"{path}: cannot read {img_key}/{lab_key} ({e})") from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise SampleFileError(f"{path}: {img_key}/{lab_key} cannot be read ({e}); the file is truncated or "
+                                  "damaged: write it again") from None
 
-    if x.ndim != 4:
-        raise SampleFileError(f"{path}: {img_key} has shape {x.shape}; expected rank 4, (N, 28, 28, 1)")
-    if x.shape[1:] == (28, 28, 1):
+    grey = "the classifier metric is for grey 28x28 FashionMNIST-like images: (N, 28, 28, 1), (N, 1, 28, 28) or (N, 28, 28)"
+    if x.ndim == 3 and x.shape[1:] == (28, 28):
+        x = x[:, None]                                  # (N, 28, 28): grey without a channel axis
+    elif x.ndim != 4:
+        raise SampleFileError(f"{path}: {img_key} has shape {x.shape}; {grey}")
+    elif x.shape[1:] == (28, 28, 1):
         x = x.transpose(0, 3, 1, 2)                     # NHWC -> NCHW
     elif x.shape[1:] != (1, 28, 28):
-        raise SampleFileError(f"{path}: {img_key} has shape {x.shape}; expected 28x28 grey images, "
-                              "(N, 28, 28, 1); the classifier metric is for FashionMNIST only")
+        rgb = 3 in (x.shape[1], x.shape[3])
+        raise SampleFileError(f"{path}: {img_key} has shape {x.shape}{' (colour)' if rgb else ''}; {grey}")
     if x.shape[0] < 2:
         raise SampleFileError(f"{path}: {x.shape[0]} image(s); the Fréchet distance needs at least 2")
     images, note = _to_uint8(x, path, img_key)
@@ -382,6 +394,11 @@ def evaluate_npz(path, n: int | None = None, **kw) -> dict:
     return evaluate_images(images, labels, source=str(path), input_range=note, **kw)
 
 
+@lru_cache(maxsize=8)
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def run_eval_dir(run_dir) -> Path:
     """Where a run's evaluations are kept: RUN/eval, or for a model shipped inside the package,
     the user cache (never the package)."""
@@ -394,23 +411,39 @@ def run_eval_dir(run_dir) -> Path:
 
 def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int | None = None,
                         guidance: float | None = None, seed: int = 0, device: str = "auto",
-                        precision: str = SAMPLE_PRECISION, **kw) -> tuple[dict, Path]:
-    """evaluate_run, kept as RUN/eval/SAMPLER-STEPSsteps-gW-nN-seedS[-bf16].json and reused until
-    the weights change; `report` and `evaluate` share it. Returns the result and its file.
-    sampler, steps, guidance: None for the run's own settings (sample.sampling_settings)."""
+                        precision: str = SAMPLE_PRECISION, spacing: str | None = None, guidance_interval=None,
+                        **kw) -> tuple[dict, Path]:
+    """evaluate_run, kept as RUN/eval/SAMPLER-STEPSsteps-gW[-SPACING][-giLO-HI]-nN-seedS[-bf16].json
+    (spacing only when not trailing, the interval only when set) and reused until the weights
+    change; `report` and `evaluate` share it. Returns the result and its file. sampler, steps,
+    guidance, spacing, guidance_interval: None for the run's own settings (sample.sampling_settings)."""
+    from .defaults import DEFAULT_SPACING
     from .run import load_config, resolve_run
     from .sample import sampling_settings
     run_dir = resolve_run(run)
-    sampler, steps, guidance = sampling_settings(load_config(run_dir), sampler, steps, guidance)
+    sampler, steps, guidance, spacing, interval = sampling_settings(load_config(run_dir), sampler, steps, guidance,
+                                                                    spacing, guidance_interval)
     precision = resolve_precision(precision, resolve_device(device))
     tag = "" if precision == "fp32" else f"-{precision}"
-    path = run_eval_dir(run_dir) / f"{sampler}-{steps}steps-g{guidance:g}-n{n}-seed{seed}{tag}.json"
-    reusable = not any(kw.values()) and path.is_file() and \
-        path.stat().st_mtime >= (run_dir / "ema.safetensors").stat().st_mtime
-    if reusable:
-        return json.loads(path.read_text()), path
+    how = ("" if spacing == DEFAULT_SPACING else f"-{spacing}") + ("" if interval is None else "-gi{}-{}".format(*interval))
+    path = run_eval_dir(run_dir) / f"{sampler}-{steps}steps-g{guidance:g}{how}-n{n}-seed{seed}{tag}.json"
+    # reused only for the same weights, classifier and metric code: a retrained run, another
+    # classifier or a new ddpmlab version evaluates afresh
+    from . import __version__, checkpoint
+    from .classifier import PRETRAINED
+    clf = Path(kw.get("classifier") or PRETRAINED)
+    key = {"weights_sha256": checkpoint.sha256(run_dir, "ema.safetensors"),
+           "classifier_sha256": _file_sha256(clf) if clf.is_file() else None, "ddpmlab": __version__}
+    if not kw.get("inception_weights") and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("cache_key") == key:
+            return old, path
     r = evaluate_run(run_dir, n, sampler=sampler, steps=steps, guidance=guidance, seed=seed, device=device,
-                     precision=precision, **kw)
+                     precision=precision, spacing=spacing, guidance_interval=interval, **kw)
+    r["cache_key"] = key
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(r, indent=2) + "\n"
     atomic_write(path, lambda p: p.write_text(text))
@@ -419,12 +452,13 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps
 
 def evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, device: str = "auto", precision: str = SAMPLE_PRECISION,
-                 **kw) -> dict:
+                 spacing: str | None = None, guidance_interval=None, **kw) -> dict:
     """Draw n samples from a run (labels cycling 0..9 when conditional) and evaluate them;
     precision: the network's while sampling (a LoadedRun brings its own)."""
     from .sample import load_run, sample, sampling_settings
     loaded = run if hasattr(run, "model") else load_run(run, device=device, precision=precision)
-    sampler, steps, guidance = sampling_settings(loaded.config, sampler, steps, guidance)
+    sampler, steps, guidance, spacing, interval = sampling_settings(loaded.config, sampler, steps, guidance,
+                                                                    spacing, guidance_interval)
     cfg = loaded.config.model
     if (cfg.image_size, cfg.in_channels) != (28, 1) or cfg.num_classes not in (0, NUM_CLASSES):
         raise ConfigError(f"{loaded.path}: makes {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} images with "
@@ -432,11 +466,13 @@ def evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int |
     if n < 2:
         raise ConfigError(f"--n must be >= 2, got {n}")
     t0 = time.time()
-    x, y = sample(loaded, n, labels="all", sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    x, y = sample(loaded, n, labels="all", sampler=sampler, steps=steps, guidance=guidance, seed=seed,
+                  spacing=spacing, guidance_interval=interval)
     sample_s = time.time() - t0
     r = evaluate_images(to_uint8(x.cpu()), y, source=str(loaded.path), sampler=sampler, steps=steps,
                         guidance=guidance, seed=seed, input_range="sampled in [-1, 1], quantised to uint8",
                         device=loaded.device, **kw)
+    r["spacing"], r["guidance_interval"] = spacing, interval
     r["sampling_seconds"] = round(sample_s, 1)
     r["sampling_precision"] = loaded.precision
     return r

@@ -35,14 +35,16 @@ def make_labels(num_classes: int, n: int, label: int | None = None, all_labels: 
 
 def sample(model, schedule: Schedule, cfg, n: int, *, labels=None, seed: int = 0,
            sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance: float = 0.0, eta=None, device="cpu",
-           callback=None, precision: str = "fp32") -> torch.Tensor:
-    """n images in [-1, 1]; image i uses seed (seed, i) whatever batch it is drawn in."""
+           callback=None, precision: str = "fp32", spacing: str | None = None, guidance_interval=None) -> torch.Tensor:
+    """n images in [-1, 1]; image i uses seed (seed, i) whatever batch it is drawn in. spacing
+    (None: trailing) and guidance_interval: as `diffusion.generate`."""
     if guidance and not cfg.num_classes:
         raise ConfigError("--guidance needs a class-conditional model")
     seeds = [seed * 1_000_003 + i for i in range(n)]
     return generate(model, schedule, (cfg.in_channels, cfg.image_size, cfg.image_size), seeds=seeds,
                     labels=labels, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
-                    null_label=cfg.num_classes, callback=callback, device=device, precision=precision)
+                    null_label=cfg.num_classes, callback=callback, device=device, precision=precision,
+                    spacing=spacing, guidance_interval=guidance_interval)
 
 
 def sample_grid(model, schedule, cfg, path, *, per_class: int = 10, seed: int = 0, **kw) -> torch.Tensor:

@@ -171,7 +171,8 @@ def findings(summaries: dict, results: dict) -> list[str]:
 
 
 def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, steps: int | None = None,
-          guidance: float | None = None, evaluate: bool = True, title: str = "ddpmlab: the write-up, regenerated", intro: str = "") -> list[Block]:
+          guidance: float | None = None, evaluate: bool = True, title: str = "ddpmlab: the write-up, regenerated", intro: str = "",
+          spacing: str | None = None, guidance_interval=None) -> list[Block]:
     run_dirs = [resolve_run(r) for r in runs]
     if not run_dirs:
         raise ConfigError("report needs at least one run directory")
@@ -184,7 +185,8 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
     if evaluate:
         for p, d in by_preset.items():
             if summaries[p]["fashion"]:
-                results[p] = cached_evaluate_run(d, n, sampler=sampler, steps=steps, guidance=guidance)[0]
+                results[p] = cached_evaluate_run(d, n, sampler=sampler, steps=steps, guidance=guidance, spacing=spacing,
+                                                 guidance_interval=guidance_interval)[0]
 
     blocks = [Block("heading", title, level=1)]
     if intro:
@@ -193,10 +195,13 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
     if not evaluate:
         blocks.append(Block("text", "Not evaluated (`--no-eval`): figures and training records only."))
     else:
-        settings = {(r["sampler"], r["steps"], r["guidance"]) for r in results.values()}
+        settings = {(r["sampler"], r["steps"], r["guidance"], r.get("spacing") or "trailing",
+                     tuple(r.get("guidance_interval") or ())) for r in results.values()}
         if len(settings) == 1:
-            s, k, w = settings.pop()
-            how = f"Every row is evaluated the same way: `ddpmlab evaluate RUN --n {n} --sampler {s} --steps {k} --guidance {w:g}`."
+            s, k, w, sp, gi = settings.pop()
+            more = ("" if sp == "trailing" else f" --spacing {sp}") + (" --guidance-interval {},{}".format(*gi) if gi else "")
+            how = (f"Every row is evaluated the same way: `ddpmlab evaluate RUN --n {n} --sampler {s} --steps {k} "
+                   f"--guidance {w:g}{more}`.")
         elif settings:
             how = (f"Every row is `ddpmlab evaluate RUN --n {n}` with that run's own sampling settings (its "
                    "config.json \"sampling\"; sampler, steps and guidance columns), so rows differ in more than the model.")

@@ -1,26 +1,34 @@
 """The run directory: what `train` writes and everything else reads.
 
-    config.json          preset, model / diffusion / train configs (rebuilds the model)
-    model.safetensors    weights (and BatchNorm buffers)
-    ema.safetensors      EMA weights, used for sampling
-    state.pt             optimiser, LR scheduler, RNG states, position: exact resume
+    config.json          preset, model / diffusion / train / sampling configs (rebuilds the model),
+                         and "about": class names, data source and checksum, versions, git commit
+    checkpoint.json      the manifest of the latest checkpoint (checkpoint.py): step, files, SHA-256
+    ckpt-STEP-STAMP/     model.safetensors (weights and BatchNorm buffers), ema.safetensors (the EMA
+                         weights, used for sampling), state.pt (optimiser, LR scheduler, RNG states,
+                         position: exact resume)
     metrics.jsonl        one JSON object per logged step and per epoch
-    train.log, loss.png, samples/, snapshots/epochE-classK.png, process.png
+    loss.png, samples/, snapshots/epochE-classK.png, process.png
+
+Runs of the first layout keep model.safetensors, ema.safetensors and state.pt at the top.
 """
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from . import checkpoint
 from . import config as C
 from .models import build_model
 from .runtime import atomic_write
 
+log = logging.getLogger("ddpmlab.run")
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+FORMAT = 2          # of config.json: 1 had no "format" key; a newer one is refused
 
 
 class RunError(ValueError):
@@ -34,16 +42,30 @@ class RunConfig:
     diffusion: C.DiffusionConfig
     train: C.TrainConfig
     sampling: C.SamplingConfig = field(default_factory=C.SamplingConfig)
+    about: dict = field(default_factory=dict)   # what it was trained on, by what (describe_run)
 
     def to_json(self) -> dict:
-        return {"preset": self.preset, "model": C.to_dict(self.model), "diffusion": C.to_dict(self.diffusion),
-                "train": C.to_dict(self.train), "sampling": C.to_dict(self.sampling)}
+        return {"format": FORMAT, "preset": self.preset, "model": C.to_dict(self.model),
+                "diffusion": C.to_dict(self.diffusion), "train": C.to_dict(self.train),
+                "sampling": C.to_dict(self.sampling), "about": self.about}
 
     @classmethod
     def from_json(cls, d: dict) -> "RunConfig":
         return cls(d["preset"], C.from_dict(C.ModelConfig, d["model"]),
                    C.from_dict(C.DiffusionConfig, d["diffusion"]), C.from_dict(C.TrainConfig, d["train"]),
-                   C.from_dict(C.SamplingConfig, d.get("sampling", {})))
+                   C.from_dict(C.SamplingConfig, d.get("sampling", {})), dict(d.get("about") or {}))
+
+    @property
+    def class_names(self) -> tuple:
+        """The run's own class names (config.json "about"); runs written before it recorded them
+        were FashionMNIST when they had 10 classes."""
+        names = self.about.get("class_names")
+        if names and len(names) == self.model.num_classes:
+            return tuple(names)
+        from .data import FASHION_CLASSES
+        if self.model.num_classes == 10 and self.train.data == "fashion-mnist":
+            return FASHION_CLASSES
+        return tuple(str(k) for k in range(self.model.num_classes))
 
 
 def write_json(path: Path, obj) -> None:
@@ -69,21 +91,48 @@ def resolve_run(path_or_name) -> Path:
 
 
 def load_config(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / "config.json"
     try:
-        return RunConfig.from_json(json.loads((Path(run_dir) / "config.json").read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise RunError(f"{run_dir}/config.json is damaged ({e})") from None
+        d = json.loads(path.read_text())
+        if not isinstance(d, dict):
+            raise TypeError(f"a JSON {type(d).__name__}, not an object")
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+        raise RunError(f"{path} is damaged ({e}); restore it from a backup or retrain the run") from None
+    if d.get("format", 1) > FORMAT:
+        raise RunError(f"{path} was written by a newer ddpmlab (run format {d['format']}, this one reads up to "
+                       f"{FORMAT}); upgrade ddpmlab: pip install -U ddpmlab")
+    try:
+        return RunConfig.from_json(d)
+    except (KeyError, TypeError) as e:
+        raise RunError(f"{path} is damaged (missing or malformed {e}); restore it or retrain the run") from None
+    except C.ConfigError as e:
+        raise RunError(f"{path}: {e}; written by another ddpmlab version? retrain the run, or use the version "
+                       "that wrote it") from None
+
+
+def state_tensors(module: torch.nn.Module) -> dict:
+    """What a safetensors file holds of a module: its state_dict, contiguous, on the CPU."""
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
 def save_weights(module: torch.nn.Module, path: Path) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    tensors = state_tensors(module)
     atomic_write(path, lambda p: save_file(tensors, str(p)))
 
 
-def load_weights(module: torch.nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise RunError(f"{path} is missing: the run has no saved weights yet")
-    module.load_state_dict(load_file(str(path)))
+def load_weights(module: torch.nn.Module, run_dir: Path, name: str | None = "ema.safetensors") -> None:
+    """Load a checkpoint file of the run (checked against its manifest) into module; with
+    name=None, run_dir is itself a safetensors file."""
+    if name is None:
+        run_dir, name = Path(run_dir).parent, Path(run_dir).name
+        tensors = checkpoint.load_tensors(run_dir, name, manifest=False)
+    else:
+        tensors = checkpoint.load_tensors(run_dir, name)
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise RunError(f"{run_dir}/{name} does not fit the network its config.json describes "
+                       f"({str(e).splitlines()[0][:120]})") from None
 
 
 def load_model(path_or_name, ema: bool = True, device="cpu") -> tuple[torch.nn.Module, RunConfig]:
@@ -91,12 +140,69 @@ def load_model(path_or_name, ema: bool = True, device="cpu") -> tuple[torch.nn.M
     run_dir = resolve_run(path_or_name)
     rc = load_config(run_dir)
     model = build_model(rc.model)
-    load_weights(model, run_dir / ("ema.safetensors" if ema else "model.safetensors"))
+    load_weights(model, run_dir, "ema.safetensors" if ema else "model.safetensors")
     return model.to(device).eval(), rc
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl; a last line torn by a crash is dropped with a warning, a damaged line
+    elsewhere is a RunError."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            m = json.loads(line)
+            if not isinstance(m, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if i == len(lines) - 1:
+                log.warning("%s: the last line is torn (a crash while it was written); dropped", path)
+                break
+            raise RunError(f"{path}: line {i + 1} is damaged; delete that line (the log is one JSON object "
+                           "per line)") from None
+        out.append(m)
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the ddpmlab source this process runs, when it runs from a git checkout
+    ("+dirty" with uncommitted changes); None for an installed wheel."""
+    import subprocess
+    src = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def describe_run(data, world_size: int = 1) -> dict:
+    """config.json "about": what a run was trained on and by what (EDM's training_options.json
+    in spirit). `data` is the ImageSet."""
+    from . import __version__
+    return {"class_names": list(data.class_names), "data_source": data.source, "data_checksum": data.checksum,
+            "images": len(data), "ddpmlab": __version__, "torch": torch.__version__, "git_commit": git_commit(),
+            "world_size": world_size}
+
+
+def is_shipped(run_dir) -> bool:
+    """A model shipped inside the installed package: read-only for ddpmlab, whatever the file
+    permissions say."""
+    return PRETRAINED_DIR.resolve() in Path(run_dir).resolve().parents
+
+
+def default_output(run_dir, name: str) -> Path:
+    """Where a command writes `name` (e.g. samples/sample.png) without --out: into the run
+    directory, or for a shipped model into the current directory as MODEL-NAME."""
+    run_dir = Path(run_dir)
+    if is_shipped(run_dir):
+        return Path.cwd() / f"{run_dir.name}-{Path(name).name}"
+    return run_dir / name

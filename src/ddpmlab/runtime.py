@@ -93,17 +93,47 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+_PROGRESS = {"on": True}
+
+
+def set_progress(on: bool) -> None:
+    """Progress bars on long work (sampling, evaluation, classifier training); `--quiet` turns them off."""
+    _PROGRESS["on"] = bool(on)
+
+
+def progress_bar(enabled: bool = True, **kw):
+    """A tqdm bar, shown only on a terminal (disable=None), unless set_progress(False) or not enabled."""
+    from tqdm.auto import tqdm
+    kw.setdefault("leave", False)
+    return tqdm(disable=None if (_PROGRESS["on"] and enabled) else True, dynamic_ncols=True, **kw)
+
+
 def user_cache_dir(name: str) -> Path:
     """$XDG_CACHE_HOME/ddpmlab/NAME (default ~/.cache/ddpmlab/NAME)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ddpmlab" / name
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """write(tmp_path) then rename over path, so a crash never leaves a half-written file."""
+    """write(tmp_path), fsync it, then rename over path and fsync the directory, so a crash or a
+    power cut never leaves a half-written file. A failed write removes its temporary file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:     # some filesystems refuse fsync on a directory; the rename has happened
+        pass
 
 
 def atomic_save_numpy(path: str | os.PathLike, save, *args, **kwargs) -> None:

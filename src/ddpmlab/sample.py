@@ -17,7 +17,9 @@ import torch
 from . import plots, render
 from .config import ConfigError
 from .data import to_uint8
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLE_PRECISION, Schedule, make_schedule
+from .config import check_guidance_interval
+from .defaults import DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS, SAMPLE_PRECISION
+from .diffusion import Schedule, make_schedule
 from .run import RunConfig, load_model, resolve_run
 from .runtime import atomic_save_numpy, resolve_device, resolve_precision
 
@@ -55,30 +57,38 @@ def _labels(run: LoadedRun, n: int, labels) -> torch.Tensor | None:
 
 
 def sampling_settings(rc: RunConfig, sampler: str | None = None, steps: int | None = None,
-                      guidance: float | None = None) -> tuple[str, int, float]:
-    """(sampler, steps, guidance): the values given, else the run's own (config.json "sampling"),
-    else ddpmlab's defaults."""
+                      guidance: float | None = None, spacing: str | None = None,
+                      guidance_interval=None) -> tuple[str, int, float, str, list | None]:
+    """(sampler, steps, guidance, spacing, guidance_interval): the values given, else the run's
+    own (config.json "sampling"), else ddpmlab's defaults (guidance_interval None: every step;
+    give [0, T-1] to guide everywhere a run that keeps an interval)."""
     s = rc.sampling
+    interval = guidance_interval if guidance_interval is not None else s.guidance_interval
     return (sampler or s.sampler or DEFAULT_SAMPLER,
             steps if steps is not None else (s.steps or DEFAULT_STEPS),
-            guidance if guidance is not None else (s.guidance or 0.0))
+            guidance if guidance is not None else (s.guidance or 0.0),
+            spacing or s.spacing or DEFAULT_SPACING,
+            check_guidance_interval(None if interval is None else list(interval)))
 
 
 def sample(run: LoadedRun, n: int, *, labels=None, sampler: str | None = None, steps: int | None = None,
-           guidance: float | None = None, seed: int = 0, eta: float | None = None):
+           guidance: float | None = None, seed: int = 0, eta: float | None = None, spacing: str | None = None,
+           guidance_interval=None):
     """n samples in [-1, 1] and their labels (None for unconditional models). labels: None
-    (conditional models: cycle 0..K-1), an int, or "all". sampler, steps, guidance: None for
-    the run's own settings (`sampling_settings`)."""
+    (conditional models: cycle 0..K-1), an int, or "all". sampler, steps, guidance, spacing,
+    guidance_interval: None for the run's own settings (`sampling_settings`)."""
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")
-    sampler, steps, guidance = sampling_settings(run.config, sampler, steps, guidance)
+    sampler, steps, guidance, spacing, interval = sampling_settings(run.config, sampler, steps, guidance,
+                                                                    spacing, guidance_interval)
     y = _labels(run, n, labels)
     if guidance and run.num_classes and run.config.train.cond_drop == 0:
         log.warning("--guidance %g: %s was trained without label dropout (cond_drop 0), so its unconditional "
                     "branch (the null label) is untrained and guided samples are unreliable; train with "
                     "--cond-drop 0.1", guidance, run.path)
     x = render.sample(run.model, run.schedule, run.config.model, n, labels=y, seed=seed, sampler=sampler,
-                      steps=steps, guidance=guidance, eta=eta, device=run.device, precision=run.precision)
+                      steps=steps, guidance=guidance, eta=eta, device=run.device, precision=run.precision,
+                      spacing=spacing, guidance_interval=interval)
     return x, y
 
 
@@ -106,9 +116,12 @@ def save_grid(run: LoadedRun, images: torch.Tensor, labels, path) -> None:
 
 
 def process(run: LoadedRun, out, *, label: int | None = None, n: int = 4, sampler: str | None = None,
-            steps: int | None = None, seed: int = 0, guidance: float | None = None) -> Path:
+            steps: int | None = None, seed: int = 0, guidance: float | None = None, spacing: str | None = None,
+            guidance_interval=None) -> Path:
     """The generation-process figure: rows samples, columns x_t from noise to image, pred x0 beneath."""
-    sampler, steps, guidance = sampling_settings(run.config, sampler, steps, guidance)
+    sampler, steps, guidance, spacing, interval = sampling_settings(run.config, sampler, steps, guidance,
+                                                                    spacing, guidance_interval)
     render.process_figure(run.model, run.schedule, run.config.model, out, n=n, label=label, seed=seed,
-                          sampler=sampler, steps=steps, guidance=guidance, device=run.device, precision=run.precision)
+                          sampler=sampler, steps=steps, guidance=guidance, device=run.device, precision=run.precision,
+                          spacing=spacing, guidance_interval=interval)
     return Path(out)

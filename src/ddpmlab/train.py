@@ -21,12 +21,14 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from . import checkpoint
 from . import config as C
 from . import monitor, plots, render
 from .data import FASHION_CLASSES, ImageSet, load_dataset, to_model_range
 from .diffusion import loss_fn, make_schedule
 from .models import build_model, count_parameters
-from .run import RunConfig, load_config, read_metrics, save_config, save_weights, load_weights
+from .run import (RunConfig, describe_run, load_config, load_weights, read_metrics, save_config,
+                  state_tensors)
 from .runtime import (atomic_write, autocast, init_distributed, resolve_channels_last, resolve_device,
                       resolve_precision)
 
@@ -42,25 +44,57 @@ class TrainingInterrupted(RuntimeError):
     pass
 
 
-def make_run_config(preset: str, model_overrides: dict | None = None, **train_overrides) -> RunConfig:
-    """A preset, then `key=value` overrides of its model, then of the training settings."""
+def make_run_config(preset: str, model_overrides: dict | None = None, *, recipe: str | None = None,
+                    diffusion_overrides: dict | None = None, **train_overrides) -> RunConfig:
+    """A preset, then a named recipe (config.RECIPES), then `key=value` overrides of its model,
+    diffusion (e.g. prediction) and training settings."""
     p = C.get_preset(preset)
+    r = C.get_recipe(recipe) if recipe else {"diffusion": {}, "train": {}}
     model = C.from_dict(C.ModelConfig, {**C.to_dict(p.model), **(model_overrides or {})})
-    train = C.from_dict(C.TrainConfig, {**C.to_dict(C.TrainConfig()), **p.train,
+    diffusion = C.from_dict(C.DiffusionConfig, {**C.to_dict(p.diffusion), **r["diffusion"],
+                                               **{k: v for k, v in (diffusion_overrides or {}).items() if v is not None}})
+    train = C.from_dict(C.TrainConfig, {**C.to_dict(C.TrainConfig()), **p.train, **r["train"],
                                        **{k: v for k, v in train_overrides.items() if v is not None}})
-    return RunConfig(preset, model, p.diffusion, train)
+    return RunConfig(preset, model, diffusion, train)
+
+
+def cosine_lr(step: int, total: int, lr: float, min_lr: float, warmup: int = 0) -> float:
+    """The learning rate of optimiser step `step` (0-based) of `total`: linear warmup from
+    lr / warmup to lr over the first `warmup` steps, then a half cosine from lr down to min_lr,
+    reached at the last step (total - 1). A function of the step alone, so a resumed run (which
+    restores the step) continues it exactly."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    span = max(1, total - 1 - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class EMA:
-    """Exponential moving average of parameters; buffers (BatchNorm statistics) are copied."""
+    """Exponential moving average of parameters; buffers (BatchNorm statistics) are copied.
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    decay: per step, warmed up as min(decay, (1 + step) / (10 + step)). Or halflife_kimg (EDM,
+    Karras et al. 2022): the weights of `halflife_kimg` thousand images ago count half, i.e. a
+    per-step decay 0.5 ** (images_per_step / (1000 halflife_kimg)); with rampup the half-life is
+    at most rampup x the images seen so far (EDM's ema_rampup_ratio)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, halflife_kimg: float | None = None,
+                 rampup: float | None = None, images_per_step: int = 1):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
+        self.halflife_kimg, self.rampup, self.images_per_step = halflife_kimg, rampup, images_per_step
+
+    def decay_at(self, step: int) -> float:
+        if self.halflife_kimg is None:
+            return min(self.decay, (1 + step) / (10 + step))   # warm-up: early samples are not the init
+        halflife = self.halflife_kimg * 1000
+        if self.rampup is not None:
+            halflife = min(halflife, (step + 1) * self.images_per_step * self.rampup)
+        return 0.5 ** (self.images_per_step / max(halflife, 1e-8))
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))   # warm-up: early samples are not the init
+        d = self.decay_at(step)
         torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - d)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
@@ -79,7 +113,8 @@ class Trainer:
         torch.manual_seed(tc.seed)   # model initialisation
 
         data = data if data is not None else load_dataset(tc.data, tc.data_dir, size=rc.model.image_size,
-                                                          channels=rc.model.in_channels)
+                                                          channels=rc.model.in_channels,
+                                                          skip_unreadable=tc.skip_unreadable)
         data = data.subset(tc.subset)
         want = (rc.model.in_channels, rc.model.image_size, rc.model.image_size)
         if tuple(data.images.shape[1:]) != want:
@@ -88,6 +123,7 @@ class Trainer:
         if rc.model.num_classes and data.num_classes != rc.model.num_classes:
             raise C.ConfigError(f"preset {rc.preset} needs {rc.model.num_classes} classes, data has {data.num_classes}")
         self.class_names = data.class_names
+        rc.about = describe_run(data, self.world)
         self.images = data.images.to(self.device)                           # (N, C, H, W) uint8
         self.labels = data.labels.to(self.device) if data.labels is not None else None
         self.batch = min(tc.batch_size, len(data))
@@ -97,7 +133,7 @@ class Trainer:
         self.model = build_model(rc.model).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = EMA(self.model, tc.ema_decay)
+        self.ema = EMA(self.model, tc.ema_decay, tc.ema_halflife_kimg, tc.ema_rampup, self.batch * self.world)
         self.ddp = self.model                                               # what the loss calls
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -131,6 +167,11 @@ class Trainer:
         self.stop_agreed = False        # distributed: all ranks stop at the same step
         self.postfix = {}               # collapse scores of the last epoch, shown on the progress bar
         self._monitor_ref = None        # real-image statistics for the collapse scores, computed once
+        self._classify = None           # the evaluation classifier for the adherence score, loaded with it
+        self.bar = None                 # the progress bar while fit() runs
+        self.compile_s = None           # torch.compile: seconds of the first step, compilation included
+        self.last_save = time.monotonic()
+        self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0   # images/s of the current epoch
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -158,21 +199,30 @@ class Trainer:
             b_ema.copy_(b)
 
     def save(self) -> None:
+        """One checkpoint unit (checkpoint.py): weights, EMA weights and state of this step."""
         self.sync_buffers()
         state = self.state_dict()     # a collective under torchrun: every rank takes part
         self.last_save = time.monotonic()
         if self.rank != 0:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.run_dir, self.rc)
-        save_weights(self.model, self.run_dir / "model.safetensors")
-        save_weights(self.ema.model, self.run_dir / "ema.safetensors")
-        atomic_write(self.run_dir / "state.pt", lambda p: torch.save(state, p))
+        import io
+
+        from safetensors.torch import save
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        files = {"model.safetensors": save(state_tensors(self.model)),
+                 "ema.safetensors": save(state_tensors(self.ema.model)), "state.pt": buf.getvalue()}
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.run_dir, self.rc)
+        except OSError as e:
+            raise checkpoint.disk_error(e, self.run_dir, f"{self.run_dir}/config.json") from None
+        checkpoint.write(self.run_dir, self.step, files, meta={"epoch": self.epoch, "batch_pos": self.batch_pos})
 
     def load(self) -> None:
-        load_weights(self.model, self.run_dir / "model.safetensors")
-        load_weights(self.ema.model, self.run_dir / "ema.safetensors")
-        s = torch.load(self.run_dir / "state.pt", weights_only=False)
+        load_weights(self.model, self.run_dir, "model.safetensors")
+        load_weights(self.ema.model, self.run_dir, "ema.safetensors")
+        s = checkpoint.load_state(self.run_dir)
         self.step, self.epoch, self.batch_pos, self.perm = s["step"], s["epoch"], s["batch_pos"], s["perm"]
         self.epoch_loss_sum = s["epoch_loss_sum"].to(self.device)
         self.opt.load_state_dict(s["optimizer"])
@@ -221,6 +271,13 @@ class Trainer:
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience, min_lr=tc.min_lr)
 
+    def planned_steps(self) -> int:
+        """The run's length in optimiser steps: epochs x batches per epoch, or max_steps if fewer
+        (where lr_schedule cosine reaches min_lr)."""
+        tc = self.rc.train
+        total = tc.epochs * self.batches_per_epoch
+        return min(total, tc.max_steps) if tc.max_steps else total
+
     # ------------------------------------------------------------------ the loop
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
         x0 = to_model_range(self.images[idx])                               # (B, C, H, W) in [-1, 1]
@@ -232,10 +289,16 @@ class Trainer:
             if self.rc.train.cond_drop > 0:   # classifier-free guidance: null label at random
                 drop = torch.rand(label.shape, device=self.device, generator=self.gen) < self.rc.train.cond_drop
                 label = torch.where(drop, self.rc.model.num_classes, label)
+        tc = self.rc.train
         with autocast(self.device, self.precision):
-            loss = loss_fn(self.ddp, self.schedule, x0, label, self.gen)
+            loss = loss_fn(self.ddp, self.schedule, x0, label, self.gen, weighting=tc.loss_weighting,
+                           min_snr_gamma=tc.min_snr_gamma, t_sampling=tc.t_sampling, p_mean=tc.p_mean, p_std=tc.p_std)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if tc.lr_schedule == "cosine":     # per step, from the step alone (resumes exactly)
+            lr = cosine_lr(self.step, self.planned_steps(), tc.lr, tc.min_lr, tc.warmup_steps)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
         self.opt.step()
         self.ema.update(self.model, self.step)
         return loss.detach()
@@ -250,6 +313,11 @@ class Trainer:
         tc = self.rc.train
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            removed = checkpoint.remove_stale(self.run_dir)     # leftovers of an interrupted save
+            if removed:
+                log.info("removed %s: left by an interrupted checkpoint", ", ".join(sorted(removed)))
+            if self.step == 0:              # a fresh run: no log of an earlier attempt survives
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             save_config(self.run_dir, self.rc)
         self.last_save = time.monotonic()
         total = tc.epochs * self.batches_per_epoch
@@ -269,6 +337,7 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous)
             bar.close()
+            self.bar = None
         if self.interrupted:
             self.save()
             raise TrainingInterrupted(f"interrupted at step {self.step}; saved, continue with --resume")
@@ -316,7 +385,7 @@ class Trainer:
                     return False
                 first = (self.batch_pos * self.world + self.rank) * self.batch     # this rank's shard
                 idx = perm[first:first + self.batch]
-                if tc.compile and not hasattr(self, "compile_s"):
+                if tc.compile and self.compile_s is None:
                     t0 = time.perf_counter()
                     loss = self.train_step(idx).item()   # compilation happens in the first call
                     self.compile_s = time.perf_counter() - t0
@@ -359,7 +428,8 @@ class Trainer:
         epoch_loss = self._sum_ranks(self.epoch_loss_sum.clone()).item() / (self.batches_per_epoch * self.world)
         self.check_finite(epoch_loss)
         seconds = time.perf_counter() - self.epoch_t0
-        self.plateau.step(epoch_loss)
+        if self.rc.train.lr_schedule == "plateau":
+            self.plateau.step(epoch_loss)
         self.epoch += 1
         self.batch_pos = 0
         tc = self.rc.train
@@ -395,7 +465,7 @@ class Trainer:
             log.warning("epoch %d: %s (see %s)", self.epoch, symptom, self.run_dir / "snapshots")
         short = {"diversity": "div", "label_separation": "sep", "adherence": "adh"}
         self.postfix = {short[k]: f"{v:.2f}" for k, v in scores.items() if k in short}
-        if getattr(self, "bar", None) is not None:
+        if self.bar is not None:
             self.bar.set_postfix(epoch=self.epoch, **self.postfix)
         return scores
 
@@ -430,13 +500,16 @@ def train(run_dir, rc: RunConfig | None = None, *, resume: bool = False, data: I
     epochs=4, max_steps=None) then replace the saved training settings."""
     run_dir = Path(run_dir)
     if resume:
-        if not (run_dir / "state.pt").is_file():
-            raise C.ConfigError(f"--resume: {run_dir} has no checkpoint (state.pt) to resume from")
+        if not checkpoint.exists(run_dir):
+            what = "was stopped before its first checkpoint was complete" if (run_dir / "config.json").is_file() \
+                else "holds no run"
+            raise C.ConfigError(f"--resume: {run_dir} {what}: nothing is resumable yet; start over with the same "
+                                "command without --resume")
         rc = load_config(run_dir)
         rc.train = C.from_dict(C.TrainConfig, {**C.to_dict(rc.train), **overrides})
     elif rc is None:
         raise C.ConfigError("train needs a RunConfig (or resume=True)")
-    elif (run_dir / "state.pt").exists():
+    elif checkpoint.exists(run_dir):
         raise C.ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     trainer = Trainer(run_dir, rc, data=data, progress=progress)
     try:

@@ -1,0 +1,187 @@
+"""Training options: prediction targets, min-SNR weights, lognormal timesteps, the cosine
+learning rate, EMA by half-life, the "fast" recipe, and that the defaults change nothing."""
+import json
+import math
+
+import pytest
+import torch
+
+from ddpmlab import checkpoint, cli
+from ddpmlab import config as C
+from ddpmlab.diffusion import Schedule, loss_fn, loss_weights, make_schedule, q_sample, sample_t, training_target
+from ddpmlab.train import EMA, Trainer, TrainingInterrupted, cosine_lr, make_run_config, train
+
+LINEAR = make_schedule()
+TINY = {"channels": 8, "num_blocks": 2, "time_dim": 16}
+
+
+def with_prediction(prediction, s=LINEAR):
+    return Schedule(s.betas, s.alphas_cumprod, prediction)
+
+
+# --------------------------------------------------------------------------- targets and weights
+
+def test_v_target_by_hand():
+    x0, eps = torch.full((1, 1, 1, 1), 0.5), torch.full((1, 1, 1, 1), -2.0)
+    t = torch.tensor([400])
+    a = LINEAR.alphas_cumprod[400].item()
+    v = training_target(with_prediction("v"), x0, eps, t)
+    assert v.item() == pytest.approx(math.sqrt(a) * -2.0 - math.sqrt(1 - a) * 0.5, abs=1e-6)
+    assert training_target(with_prediction("x0"), x0, eps, t).item() == 0.5
+    assert training_target(LINEAR, x0, eps, t).item() == -2.0
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_min_snr_weights_by_hand(prediction):
+    ts = [0, 30, 100, 250, 500, 999]
+    w = loss_weights(with_prediction(prediction), torch.tensor(ts), "min-snr", 5.0)
+    for t, got in zip(ts, w.tolist()):
+        a = LINEAR.alphas_cumprod[t].item()
+        snr = a / (1 - a)
+        want = {"eps": min(snr, 5) / snr, "v": min(snr, 5) / (snr + 1), "x0": min(snr, 5)}[prediction]
+        assert got == pytest.approx(want, rel=1e-5), t
+    assert loss_weights(LINEAR, torch.tensor(ts), "uniform").tolist() == [1.0] * len(ts)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_loss_fn_applies_the_weights_per_sample(prediction):
+    s = with_prediction(prediction)
+    x0 = torch.rand(16, 1, 3, 3) * 2 - 1
+
+    def model(x, t, label):
+        return 0.3 * x
+    got = loss_fn(model, s, x0, None, torch.Generator().manual_seed(5), weighting="min-snr", min_snr_gamma=2.0)
+    g = torch.Generator().manual_seed(5)                   # the same draws, by hand
+    t = torch.randint(0, 1000, (16,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    err = (0.3 * q_sample(s, x0, t, noise) - training_target(s, x0, noise, t)).pow(2).mean((1, 2, 3))
+    a = s.alphas_cumprod[t]
+    snr = a / (1 - a)
+    w = snr.clamp(max=2.0) / (snr if prediction == "eps" else snr + 1)
+    assert got.item() == pytest.approx((w * err).mean().item(), rel=1e-5)
+    plain = loss_fn(model, s, x0, None, torch.Generator().manual_seed(5))
+    assert plain.item() == pytest.approx(err.mean().item(), rel=1e-5)
+
+
+def test_lognormal_t_sampling_distribution():
+    ls = LINEAR.log_sigmas()
+    for p_mean, p_std in ((-1.2, 1.2), (0.5, 0.6)):
+        t = sample_t(LINEAR, 20000, torch.Generator().manual_seed(0), "cpu", "lognormal", p_mean, p_std)
+        assert t.dtype == torch.long and 0 <= t.min() and t.max() <= 999
+        log_sigma = ls[t]
+        assert log_sigma.median().item() == pytest.approx(p_mean, abs=0.05)      # median sigma ~ exp(P_mean)
+        assert log_sigma.std().item() == pytest.approx(p_std, abs=0.05)
+    # each draw goes to the timestep of nearest log sigma
+    g = torch.Generator().manual_seed(1)
+    t = sample_t(LINEAR, 500, g, "cpu", "lognormal")
+    want = -1.2 + 1.2 * torch.randn((500,), generator=torch.Generator().manual_seed(1))
+    nearest = (ls.float()[None, :] - want[:, None]).abs().argmin(1)
+    assert torch.equal(t, nearest)
+
+
+# --------------------------------------------------------------------------- learning rate and EMA
+
+def test_cosine_lr_warms_up_then_decays_to_min_lr_at_the_end():
+    total, lr, lo, w = 100, 1e-3, 1e-5, 10
+    lrs = [cosine_lr(s, total, lr, lo, w) for s in range(total)]
+    assert lrs[:w] == pytest.approx([lr * (s + 1) / w for s in range(w)])
+    assert lrs[w - 1] == pytest.approx(lr) and lrs[w] == pytest.approx(lr)
+    assert all(a >= b for a, b in zip(lrs[w:], lrs[w + 1:]))
+    assert lrs[-1] == pytest.approx(lo)
+    mid = w + (total - 1 - w) / 2                        # half way through the decay: half way down
+    assert cosine_lr(mid, total, lr, lo, w) == pytest.approx((lr + lo) / 2)
+    assert cosine_lr(0, 1, lr, lo, 0) == pytest.approx(lr)                   # a one-step run
+
+
+def test_ema_decay_from_half_life():
+    m = torch.nn.Linear(2, 2)
+    e = EMA(m, 0.999, halflife_kimg=2.0, images_per_step=64)
+    assert e.decay_at(0) == pytest.approx(0.5 ** (64 / 2000)) == e.decay_at(10_000)
+    # after 2000 images (31.25 steps of 64) the old weights count half
+    assert e.decay_at(0) ** (2000 / 64) == pytest.approx(0.5)
+    r = EMA(m, 0.999, halflife_kimg=2.0, rampup=0.05, images_per_step=64)
+    assert r.decay_at(9) == pytest.approx(0.5 ** (64 / (10 * 64 * 0.05)))       # ramp: 5% of 640 images seen
+    assert r.decay_at(10_000) == pytest.approx(e.decay_at(0))
+    d = EMA(m, 0.999)                                    # the default: as before
+    assert [d.decay_at(s) for s in (0, 5, 10_000)] == [min(0.999, (1 + s) / (10 + s)) for s in (0, 5, 10_000)]
+
+
+# --------------------------------------------------------------------------- configuration
+
+def test_defaults_keep_config_json_and_presets_unchanged():
+    rc = make_run_config("unet-small")
+    j = rc.to_json()
+    new = {"prediction", "loss_weighting", "min_snr_gamma", "t_sampling", "p_mean", "p_std", "lr_schedule",
+           "warmup_steps", "ema_halflife_kimg", "ema_rampup"}
+    assert not new & (set(j["diffusion"]) | set(j["train"]))       # config.json as before the options
+    assert rc.diffusion.prediction == "eps" and rc.train.lr_schedule == "plateau" and rc.train.ema_halflife_kimg is None
+    old = {"schedule": "linear", "timesteps": 1000}                 # an old run's config.json loads
+    assert C.from_dict(C.DiffusionConfig, old).prediction == "eps"
+
+
+def test_recipe_fast_then_explicit_flags_win():
+    rc = make_run_config("resnet-class", recipe="fast", lr_schedule="plateau")
+    assert rc.diffusion.prediction == "v" and rc.train.loss_weighting == "min-snr" and rc.train.min_snr_gamma == 5.0
+    assert rc.train.lr_schedule == "plateau" and rc.train.ema_halflife_kimg is not None
+    j = rc.to_json()
+    assert j["diffusion"]["prediction"] == "v" and "lr_schedule" not in j["train"]
+    assert make_run_config("resnet-class", recipe="fast", diffusion_overrides={"prediction": "eps"}).diffusion.prediction == "eps"
+    with pytest.raises(C.ConfigError, match="valid: fast"):
+        make_run_config("resnet-class", recipe="quick")
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ({"loss_weighting": "snr"}, "valid: uniform, min-snr"), ({"t_sampling": "beta"}, "valid: uniform, lognormal"),
+    ({"lr_schedule": "step"}, "valid: plateau, cosine"), ({"warmup_steps": -1}, "warmup_steps"),
+    ({"min_snr_gamma": 0}, "min_snr_gamma"), ({"p_std": 0}, "p_std"), ({"ema_halflife_kimg": 0}, "ema_halflife_kimg"),
+    ({"ema_rampup": 0.05}, "needs ema_halflife_kimg"), ({"lr_schedule": "cosine", "min_lr": 1e-2}, "min_lr <= lr")])
+def test_bad_training_options_are_refused(bad, needle):
+    with pytest.raises(C.ConfigError, match=needle):
+        C.from_dict(C.TrainConfig, bad)
+    with pytest.raises(C.ConfigError, match="valid: eps, v, x0"):
+        C.from_dict(C.DiffusionConfig, {"prediction": "score"})
+
+
+def test_cli_train_flags(capsys):
+    assert cli.main(["train", "--dry-run", "--recipe", "fast", "--prediction", "x0", "--loss-weighting", "uniform",
+                     "--t-sampling", "lognormal", "--lr-schedule", "cosine", "--warmup-steps", "7",
+                     "--ema-halflife-kimg", "3"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["diffusion"]["prediction"] == "x0"
+    t = j["train"]
+    assert "loss_weighting" not in t and t["t_sampling"] == "lognormal" and t["lr_schedule"] == "cosine"
+    assert t["warmup_steps"] == 7 and t["ema_halflife_kimg"] == 3.0 and t["ema_rampup"] == 0.1
+
+
+# --------------------------------------------------------------------------- training with them
+
+def test_fast_recipe_trains_and_resumes_bit_identically(tmp_path, fmnist_small, monkeypatch):
+    """Cosine lr, min-SNR, v and the EMA half-life are functions of the step: a run interrupted
+    mid-epoch and resumed ends with the weights of the uninterrupted one."""
+    data = fmnist_small.subset(160)                                  # 5 steps of 32 per epoch
+
+    def rc():
+        return make_run_config("resnet-class", TINY, recipe="fast", warmup_steps=3, epochs=3, batch_size=32,
+                               snapshot_steps=0, log_every=1, device="cpu", t_sampling="lognormal")
+    train(tmp_path / "full", rc(), data=data, progress=False)
+    step = Trainer.train_step
+
+    def stop_at_7(self, idx):
+        out = step(self, idx)
+        if self.step + 1 == 7:
+            self.interrupted = True
+        return out
+    monkeypatch.setattr(Trainer, "train_step", stop_at_7)
+    with pytest.raises(TrainingInterrupted):
+        train(tmp_path / "split", rc(), data=data, progress=False)
+    monkeypatch.undo()
+    train(tmp_path / "split", resume=True, data=data, progress=False)
+    for name in ("model", "ema"):
+        a = checkpoint.load_tensors(tmp_path / "full", f"{name}.safetensors")
+        b = checkpoint.load_tensors(tmp_path / "split", f"{name}.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    logged = [m for m in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines())
+              if m["kind"] == "step"]
+    tc = rc().train
+    assert [m["lr"] for m in logged] == pytest.approx([cosine_lr(m["step"] - 1, 15, tc.lr, tc.min_lr, 3) for m in logged])
+    assert logged[-1]["lr"] == pytest.approx(tc.min_lr)

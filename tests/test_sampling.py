@@ -1,0 +1,202 @@
+"""Sampling options: timestep spacings, trajectory lengths, guidance and its interval, batch
+invariance of `generate`, the defaults module and the settings a run carries."""
+import numpy as np
+import pytest
+import torch
+
+from ddpmlab import cli, defaults
+from ddpmlab.config import ConfigError, DiffusionConfig, SamplingConfig, from_dict, to_dict
+from ddpmlab.diffusion import (SAMPLERS, Schedule, generate, guided_eps, make_schedule, make_timesteps,
+                               model_output_to_eps_x0, training_target)
+
+LINEAR, COSINE = make_schedule(DiffusionConfig(schedule="linear")), make_schedule(DiffusionConfig(schedule="cosine"))
+
+
+def dummy_eps(x, t):
+    return torch.tanh(x * 0.7 + torch.sin(t.float()[:, None, None, None] / 100.0))
+
+
+class TinyNet(torch.nn.Module):
+    """Deterministic and per-image: no op mixes the images of a batch."""
+
+    def __init__(self, num_classes=3):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.scale = torch.nn.Parameter(torch.rand(num_classes + 1, generator=g) + 0.5)
+        self.calls = []
+
+    def forward(self, x, t, label):
+        self.calls.append((x.shape[0], int(t[0])))
+        s = 1.0 if label is None else self.scale[label].view(-1, 1, 1, 1)
+        return torch.tanh(0.6 * x * s + torch.sin(t.float() / 150).view(-1, 1, 1, 1)) + 0.05 * x.mean((1, 2, 3), keepdim=True)
+
+
+# --------------------------------------------------------------------------- spacings
+
+@pytest.mark.parametrize("schedule", [LINEAR, COSINE], ids=["linear", "cosine"])
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+@pytest.mark.parametrize("steps", [1, 2, 5, 20, 100, 1000])
+def test_spacings_are_distinct_decreasing_from_T_minus_1_to_0(schedule, spacing, steps):
+    ts = make_timesteps(1000, steps, spacing, schedule)
+    assert len(ts) == steps and all(isinstance(t, int) for t in ts)
+    assert ts[0] == 999 and all(a > b for a, b in zip(ts, ts[1:]))
+    assert ts[-1] == (999 if steps == 1 else 0)
+
+
+@pytest.mark.parametrize("steps", [5, 10, 20])
+def test_logsnr_spacing_has_near_uniform_lambda_gaps(steps):
+    lam = -LINEAR.log_sigmas().numpy()
+
+    def cv(ts):
+        gaps = np.diff(lam[ts])
+        return gaps.std() / gaps.mean()
+    assert cv(make_timesteps(1000, steps, "logsnr", LINEAR)) < 0.1       # rounding to integer t near t = 0
+    assert cv(make_timesteps(1000, steps, "trailing")) > 0.2
+
+
+def test_karras_spacing_is_the_rho_7_sigma_ramp():
+    ts = make_timesteps(1000, 10, "karras", LINEAR)
+    sig = LINEAR.log_sigmas().exp().numpy()
+    ramp = np.linspace(0, 1, 10)
+    want = (sig[999] ** (1 / 7) + ramp * (sig[0] ** (1 / 7) - sig[999] ** (1 / 7))) ** 7
+    # each chosen timestep is the integer t nearest to the wanted sigma (in t, interpolating log sigma)
+    frac = np.interp(np.log(want), np.log(sig), np.arange(1000))
+    assert np.abs(np.array(ts) - frac).max() <= 0.5
+
+
+def test_spacing_errors_name_the_valid_ones():
+    with pytest.raises(ConfigError, match="valid: trailing, logsnr, karras"):
+        make_timesteps(1000, 10, "linspace", LINEAR)
+    with pytest.raises(ConfigError, match="needs the diffusion schedule"):
+        make_timesteps(1000, 10, "karras")
+    assert make_timesteps(1000, 10, None) == make_timesteps(1000, 10)     # None: trailing
+
+
+# --------------------------------------------------------------------------- trajectories
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("spacing", defaults.SPACINGS)
+@pytest.mark.parametrize("steps", [1, 2, 7, 20])
+def test_every_sampler_calls_back_once_per_step(sampler, spacing, steps):
+    ts = make_timesteps(1000, steps, spacing, LINEAR)
+    seen, evals = [], []
+
+    def fn(x, t):
+        evals.append(int(t[0]))
+        return dummy_eps(x, t)
+    g = torch.Generator().manual_seed(0)
+    x = SAMPLERS[sampler](fn, LINEAR, torch.randn(2, 1, 4, 4, generator=g), ts,
+                          noise=lambda shape: torch.randn(shape, generator=g), callback=lambda i, t, xt, x0: seen.append((i, t)))
+    assert seen == list(enumerate(ts)) and evals == ts
+    assert torch.isfinite(x).all()
+
+
+def test_v_and_x0_outputs_convert_to_the_same_eps_and_x0():
+    x0 = torch.rand(3, 1, 4, 4) * 2 - 1
+    eps = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 500, 990])
+    xt = LINEAR.abar(t, x0).sqrt() * x0 + (1 - LINEAR.abar(t, x0)).sqrt() * eps
+    a = LINEAR.abar(t, x0)
+    for pred in ("eps", "v", "x0"):
+        s = Schedule(LINEAR.betas, LINEAR.alphas_cumprod, pred)
+        e, x = model_output_to_eps_x0(pred, xt, training_target(s, x0, eps, t), a)
+        torch.testing.assert_close(e, eps, atol=2e-3, rtol=0)             # eps from x0 at t = 10 divides by 0.04
+        torch.testing.assert_close(x, x0, atol=2e-4, rtol=0)
+
+
+# --------------------------------------------------------------------------- guidance
+
+def test_guidance_formula_by_hand():
+    calls = []
+
+    def model(x, t, label):          # eps: 0.1 * label + x, so cond - uncond = 0.1 * (label - null)
+        calls.append(x.shape[0])
+        return 0.1 * label.float().view(-1, 1, 1, 1) + x
+    labels, x, t = torch.tensor([0, 2]), torch.full((2, 1, 1, 1), 0.5), torch.tensor([300, 300])
+    eps = guided_eps(model, labels, 3.0, null_label=5)(x, t)
+    # cond = 0.1 y + 0.5, uncond = 0.5 + 0.5: eps = cond + 3 (cond - uncond)
+    want = torch.tensor([0.5 + 3 * (0.0 - 0.5), 0.7 + 3 * (0.2 - 0.5)]).view(2, 1, 1, 1)
+    torch.testing.assert_close(eps, want)
+    assert calls == [4]                                 # one forward pass of the doubled batch
+
+
+def test_guidance_interval_forward_passes():
+    net = TinyNet()
+    labels = torch.tensor([0, 1, 2])
+    fn = guided_eps(net, labels, 2.0, null_label=3, interval=(100, 500))
+    x = torch.randn(3, 1, 4, 4)
+    for t, batch in ((99, 3), (100, 6), (300, 6), (500, 6), (501, 3), (999, 3)):
+        net.calls.clear()
+        out = fn(x, torch.full((3,), t))
+        assert net.calls == [(batch, t)], t
+        if batch == 3:                                  # outside: the plain conditional output
+            torch.testing.assert_close(out, net(x, torch.full((3,), t), labels))
+    # and through generate: guided steps are exactly those of the interval
+    net.calls.clear()
+    generate(net, LINEAR, (1, 4, 4), seeds=range(3), labels=labels, sampler="ddim", steps=10, guidance=2.0,
+             null_label=3, guidance_interval=(200, 700))
+    ts = make_timesteps(1000, 10)
+    assert net.calls == [(6 if 200 <= t <= 700 else 3, t) for t in ts]
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_generate_is_independent_of_the_batch_size(sampler, prediction):
+    s = Schedule(LINEAR.betas, LINEAR.alphas_cumprod, prediction)
+    net = TinyNet()
+    labels = torch.arange(20) % 3
+    kw = dict(seeds=range(100, 120), labels=labels, sampler=sampler, steps=6, guidance=1.5, null_label=3,
+              spacing="karras", guidance_interval=(0, 900))
+    ref = generate(net, s, (1, 5, 5), batch_size=64, **kw)
+    for b in (1, 7):
+        assert torch.equal(generate(net, s, (1, 5, 5), batch_size=b, **kw), ref), b
+
+
+# --------------------------------------------------------------------------- settings and flags
+
+def test_defaults_module_is_torch_free_and_lists_the_samplers():
+    import subprocess
+    import sys
+    # run on its own (the package's __init__ imports torch): it needs neither torch nor ddpmlab
+    code = f"import runpy, sys; runpy.run_path({defaults.__file__!r}); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert tuple(SAMPLERS) == defaults.SAMPLER_NAMES
+
+
+def test_sampling_config_new_fields_are_optional_and_checked():
+    assert to_dict(SamplingConfig()) == {"sampler": None, "steps": None, "guidance": None}   # config.json as before
+    s = from_dict(SamplingConfig, {"spacing": "karras", "guidance_interval": [100, 700]})
+    assert to_dict(s) == {"sampler": None, "steps": None, "guidance": None, "spacing": "karras",
+                          "guidance_interval": [100, 700]}
+    for bad, needle in (({"spacing": "even"}, "valid: trailing, logsnr, karras"),
+                        ({"guidance_interval": [700, 100]}, "t_lo <= t_hi"),
+                        ({"guidance_interval": [1.5, 3]}, "integer"), ({"guidance_interval": 5}, "expected")):
+        with pytest.raises(ConfigError, match=needle):
+            from_dict(SamplingConfig, bad)
+
+
+def test_sampling_settings_carry_spacing_and_interval():
+    from ddpmlab.sample import sampling_settings
+    from ddpmlab.train import make_run_config
+    rc = make_run_config("resnet-class")
+    assert sampling_settings(rc) == ("dpm++2m", 20, 0.0, "trailing", None)
+    rc.sampling = SamplingConfig(spacing="logsnr", guidance_interval=[10, 20])
+    assert sampling_settings(rc)[3:] == ("logsnr", [10, 20])
+    assert sampling_settings(rc, spacing="karras", guidance_interval=(0, 999))[3:] == ("karras", [0, 999])
+
+
+def test_cli_spacing_and_interval_flags():
+    ap = cli.build_parser()
+    for cmd in (["sample", "r"], ["process", "r"], ["evaluate", "r"], ["report", "r"]):
+        a = ap.parse_args(cmd + ["--spacing", "logsnr", "--guidance-interval", "100,800"])
+        assert a.spacing == "logsnr" and cli.parse_interval(a.guidance_interval) == [100, 800]
+    for bad in ("100", "a,b", "800,100", "-1,5", "1,2,3"):
+        with pytest.raises(ConfigError, match="--guidance-interval"):
+            cli.parse_interval(bad)
+
+
+def test_cli_bad_interval_is_a_one_line_error(capsys):
+    assert cli.main(["sample", "no-such-run", "--guidance-interval", "9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ddpmlab: error: --guidance-interval") and "\n" not in err
+
