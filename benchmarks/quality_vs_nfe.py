@@ -2,12 +2,16 @@
 
     .venv/bin/python benchmarks/quality_vs_nfe.py RUN [--n 250] [--grid "ddpm:5,10,20,50,100,1000;..."]
         [--guidance 0,0.5,1,2] [--precision fp32|bf16] [--out docs/nfe]
+        [--curves "dpm++2m/logsnr/g0.3/i100-700:4,5,8,10,25,50;..."]
 
 Every point is `ddpmlab evaluate RUN --n N --sampler S --steps K` (the same cached evaluation
 files, RUN/eval/*.json, so an interrupted sweep resumes where it stopped). With guidance 0 a step
 is one network evaluation (NFE) for all three samplers. --guidance adds a sweep of the guidance
 weight at the default sampler and steps (each guided step batches the conditional and the null
 label in one forward pass: twice the work, same number of passes).
+
+--curves replaces --grid: each curve is SAMPLER/SPACING/gGUIDANCE[/iLO-HI]:STEPS,...; its NFE
+axis counts a guided step twice (diffusion.count_nfe), so guided and unguided curves compare.
 
 Writes OUT.md (the table) and OUT.png (fd and cond_acc against NFE, one line per sampler) and
 prints the table with the sampling seconds of each point.
@@ -23,7 +27,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ddpmlab.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: E402
+from ddpmlab.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, count_nfe, make_schedule  # noqa: E402
+from ddpmlab.run import load_config, resolve_run  # noqa: E402
 from ddpmlab.evaluate import cached_evaluate_run  # noqa: E402
 
 DEFAULT_GRID = "ddpm:5,10,20,50,100,1000;ddim:5,10,20,50,100,1000;dpm++2m:5,10,20,50,100,1000"
@@ -35,6 +40,24 @@ def parse_grid(text: str) -> list[tuple[str, int]]:
         sampler, steps = part.split(":")
         points += [(sampler.strip(), int(s)) for s in steps.split(",")]
     return points
+
+
+def parse_curves(text: str) -> list[tuple[str, dict, list[int]]]:
+    """'dpm++2m/logsnr/g0.3/i100-700:5,10' -> [(label, settings, [5, 10])]."""
+    out = []
+    for part in filter(None, text.split(";")):
+        spec, steps = part.split(":")
+        bits = spec.strip().split("/")
+        kw = {"sampler": bits[0], "spacing": bits[1] if len(bits) > 1 else None, "guidance": 0.0,
+              "guidance_interval": None}
+        for b in bits[2:]:
+            if b.startswith("g"):
+                kw["guidance"] = float(b[1:])
+            elif b.startswith("i"):
+                lo, hi = b[1:].split("-")
+                kw["guidance_interval"] = (int(lo), int(hi))
+        out.append((spec.strip(), kw, [int(k) for k in steps.split(",")]))
+    return out
 
 
 def row(r: dict, sampler: str, steps: int, guidance: float) -> str:
@@ -51,12 +74,24 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="the network's, while sampling")
     ap.add_argument("--out", default="docs/nfe")
+    ap.add_argument("--curves", help="SAMPLER/SPACING/gW[/iLO-HI]:STEPS,...;... (replaces --grid)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     header = ("| sampler | NFE | guidance | fd | fd floor | cond_acc | entropy | precision | recall | sampling s |\n"
               "|---|---|---|---|---|---|---|---|---|---|")
     lines, curves = [header], {}
+    if args.curves:
+        rc = load_config(resolve_run(args.run))
+        sched = make_schedule(rc.diffusion)
+        for label, kw, steps_list in parse_curves(args.curves):
+            for steps in steps_list:
+                nfe = count_nfe(sched.T, steps, kw["spacing"], sched, kw["guidance"], kw["guidance_interval"])
+                r, _ = cached_evaluate_run(args.run, args.n, steps=steps, seed=args.seed, precision=args.precision, **kw)
+                curves.setdefault(label, []).append((nfe, r["fd"], r["cond_acc"]))
+                lines.append(row(r, f"{label} ({steps} steps)", nfe, kw["guidance"]))
+                print(lines[-1], flush=True)
+        args.grid = ""
     for sampler, steps in parse_grid(args.grid):
         r, _ = cached_evaluate_run(args.run, args.n, sampler=sampler, steps=steps, seed=args.seed,
                                    precision=args.precision)

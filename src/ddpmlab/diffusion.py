@@ -362,6 +362,19 @@ class PerImageNoise:
         return torch.stack([torch.randn(one, generator=g) for g in self.gens]).to(self.device, self.dtype)
 
 
+def count_nfe(T: int, steps: int, spacing: str | None = DEFAULT_SPACING, schedule: Schedule | None = None,
+              guidance: float = 0.0, interval=None) -> int:
+    """Network evaluations per image of a sampling run: one per step, two for a guided step
+    (the conditional and the null label; guided_eps batches them in one pass of twice the size)."""
+    if not guidance:
+        return steps
+    ts = make_timesteps(T, steps, spacing, schedule)
+    if interval is None:
+        return 2 * steps
+    lo, hi = int(interval[0]), int(interval[1])
+    return steps + sum(lo <= t <= hi for t in ts)
+
+
 def guided_eps(model, labels: torch.Tensor | None, guidance: float, null_label: int, interval=None):
     """eps_fn for a sampler. With guidance w != 0 (classifier-free guidance, Ho & Salimans 2022):
     eps = eps_cond + w * (eps_cond - eps_uncond), both from one batched forward pass. The same

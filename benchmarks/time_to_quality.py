@@ -1,0 +1,195 @@
+"""Time to quality: the same CPU, the same wall-clock budgets, one harness.
+
+    .venv/bin/python benchmarks/time_to_quality.py [--contenders writeup,fast] [--minutes 10,20,40,60]
+        [--out runs/ttq] [--n 1000] [--evaluate-only]
+
+Each contender trains in the background in its own run directory, as a user would run it
+(`ddpmlab train ...`). The harness stops the training process with SIGINT (which checkpoints) once
+its cumulative wall time (process start-up, data loading and per-epoch snapshots included, so the
+clock is what a user waits) reaches the next budget, copies the EMA weights of that checkpoint
+to OUT/CONTENDER/at-Mmin/, and resumes. The clock is kept in OUT/CONTENDER/clock.json, written
+every 20 s, so an interrupted harness continues where it stopped (work since the last checkpoint
+is lost and counted). After training, every copy is evaluated with `ddpmlab evaluate --n N` at 20
+network evaluations per image (a guided step counts twice) and the harness writes OUT/ttq.md (the
+table, and the minutes each contender needs to reach fd <= 3x and <= 1.5x its floor, linearly
+interpolated between budgets) and OUT/ttq.png (fd against minutes).
+
+Contenders:
+- writeup: `unet-small` with the write-up's recipe (eps, uniform t, Adam with plateau halving, EMA 0.999);
+- fast:    `unet-small --recipe fast` (v-prediction, min-SNR, cosine decay planned over --fast-epochs,
+           EMA by half-life).
+Both are sampled with dpm++2m, 10 log-SNR-spaced steps, guidance 0.3 (20 evaluations).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+DDPMLAB = [sys.executable, "-m", "ddpmlab.cli"]
+EVAL = ["--sampler", "dpm++2m", "--steps", "10", "--spacing", "logsnr", "--guidance", "0.3"]   # 20 NFE
+
+
+def contenders(fast_epochs: int) -> dict[str, list[str]]:
+    return {"writeup": ["--preset", "unet-small", "--epochs", "40"],
+            "fast": ["--preset", "unet-small", "--recipe", "fast", "--epochs", str(fast_epochs)]}
+
+
+def read_clock(d: Path) -> float:
+    f = d / "clock.json"
+    return json.loads(f.read_text())["seconds"] if f.is_file() else 0.0
+
+
+def write_clock(d: Path, seconds: float) -> None:
+    tmp = d / "clock.json.tmp"
+    tmp.write_text(json.dumps({"seconds": round(seconds, 1)}))
+    tmp.replace(d / "clock.json")
+
+
+def train_until(name: str, args: list[str], d: Path, budget_s: float) -> str:
+    """Train (or resume) until the contender's clock reaches budget_s; 'finished' when the run
+    ended its planned epochs first."""
+    run = d / "run"
+    base = read_clock(d)
+    if base >= budget_s:
+        return "reached"
+    cmd = [*DDPMLAB, "train", "--out", str(run), *args, "--quiet"]
+    if (run / "checkpoint.json").is_file():
+        cmd.append("--resume")
+    print(f"[{name}] training from {base / 60:.1f} to {budget_s / 60:.0f} min: {' '.join(cmd[2:])}", flush=True)
+    t0 = time.monotonic()
+    log = open(d / "train.log", "a")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    stopped, written = False, t0
+    while proc.poll() is None:
+        time.sleep(1.0)
+        now = base + time.monotonic() - t0
+        if time.monotonic() - written >= 20:
+            write_clock(d, now)
+            written = time.monotonic()
+        if now >= budget_s and not stopped:
+            proc.send_signal(signal.SIGINT)      # the trainer checkpoints, then exits 130
+            stopped = True
+    write_clock(d, base + time.monotonic() - t0)  # the checkpoint after SIGINT is part of the cost
+    if proc.returncode not in (0, 130):
+        raise SystemExit(f"[{name}] training failed (exit {proc.returncode}); see {d / 'train.log'}")
+    return "finished" if proc.returncode == 0 else "reached"
+
+
+def snapshot(d: Path, minutes: int) -> Path:
+    """The EMA weights and config of the run's current checkpoint, as a run directory of its own."""
+    from ddpmlab import checkpoint
+    dst = d / f"at-{minutes}min"
+    tmp = d / f".at-{minutes}min.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    shutil.copyfile(d / "run" / "config.json", tmp / "config.json")
+    (tmp / "ema.safetensors").write_bytes(checkpoint.read_bytes(d / "run", "ema.safetensors")[0])
+    info = {"minutes": minutes, "clock_seconds": read_clock(d), "step": checkpoint.step(d / "run")}
+    (tmp / "at.json").write_text(json.dumps(info))
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return dst
+
+
+def evaluate(snap: Path, n: int) -> dict:
+    out = snap / f"eval-n{n}.json"
+    if not out.is_file():
+        subprocess.run([*DDPMLAB, "evaluate", str(snap), "--n", str(n), *EVAL, "--quiet", "--out", str(out)],
+                       check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def minutes_to(points: list[tuple[float, float]], target: float) -> float | None:
+    """First time fd <= target, linearly interpolated between the measured budgets."""
+    prev = None
+    for m, fd in points:
+        if fd <= target:
+            if prev is None:
+                return m
+            (m0, f0) = prev
+            return m0 + (m - m0) * (f0 - target) / (f0 - fd)
+        prev = (m, fd)
+    return None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--contenders", default="writeup,fast")
+    ap.add_argument("--minutes", default="10,20,40,60", help="budgets, in minutes of training wall time")
+    ap.add_argument("--fast-epochs", type=int, default=10, help="the fast recipe's planned length (cosine decay)")
+    ap.add_argument("--out", default="runs/ttq")
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--evaluate-only", action="store_true")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    budgets = [int(m) for m in args.minutes.split(",")]
+    specs = contenders(args.fast_epochs)
+    names = args.contenders.split(",")
+    for name in names:
+        if name not in specs:
+            raise SystemExit(f"unknown contender {name!r}; valid: {', '.join(specs)}")
+    if not args.evaluate_only:
+        for name in names:
+            d = out / name
+            d.mkdir(parents=True, exist_ok=True)
+            finished = False
+            for m in budgets:
+                if (d / f"at-{m}min" / "at.json").is_file():
+                    continue
+                if not finished:
+                    finished = train_until(name, specs[name], d, m * 60) == "finished"
+                snapshot(d, m)
+    rows, curves = [], {}
+    for name in names:
+        for m in budgets:
+            snap = out / name / f"at-{m}min"
+            if not (snap / "at.json").is_file():
+                continue
+            r = evaluate(snap, args.n)
+            at = json.loads((snap / "at.json").read_text())
+            curves.setdefault(name, []).append((m, r["fd"], r["fd_floor"]))
+            rows.append(f"| {name} | {m} | {at['step']} | {r['fd']:.2f} | {r['fd_floor']:.2f} | "
+                        f"{r['fd'] / r['fd_floor']:.2f}x | {r['cond_acc']:.3f} | {r['pred_entropy']:.3f} |")
+            print(rows[-1], flush=True)
+    lines = ["| contender | minutes | steps | fd | floor | fd/floor | cond_acc | entropy |",
+             "|---|---|---|---|---|---|---|---|", *rows, "",
+             "| contender | minutes to fd <= 3x floor | minutes to fd <= 1.5x floor |", "|---|---|---|"]
+    for name, pts in curves.items():
+        floor = pts[0][2]
+        t3, t15 = (minutes_to([(m, fd) for m, fd, _ in pts], k * floor) for k in (3, 1.5))
+        lines.append(f"| {name} | {'not reached' if t3 is None else f'{t3:.1f}'} | "
+                     f"{'not reached' if t15 is None else f'{t15:.1f}'} |")
+    (out / "ttq.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if curves:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for name, pts in curves.items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+        floor = next(iter(curves.values()))[0][2]
+        for k in (3, 1.5):
+            ax.axhline(k * floor, color="grey", ls=":", lw=1)
+        ax.axhline(floor, color="grey", ls="--", lw=1, label="floor (real vs real)")
+        ax.set_xlabel("minutes of training (2-core CPU, wall clock)")
+        ax.set_ylabel(f"fd at 20 evaluations, n={args.n}")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "ttq.png", dpi=110)
+        print(f"wrote {out / 'ttq.md'} and {out / 'ttq.png'}")
+
+
+if __name__ == "__main__":
+    main()
