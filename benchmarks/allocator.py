@@ -17,15 +17,20 @@ import statistics
 import subprocess
 import sys
 
+from common import output_dir   # benchmarks/ is on sys.path when run as a script
+
+# The child keeps its own timing loop rather than common.median_time: malloc settings hold for a
+# whole process, so each measurement is a fresh `python -c` process, and the page faults are read
+# between the warm-up steps and the timed ones, outside any timed call.
 CHILD = """
 import json, resource, statistics, sys, time, torch
 from ddpmlab.runtime import keep_freed_memory
 applied = keep_freed_memory()
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.train import Trainer, make_run_config
-preset, steps, batch = sys.argv[1], int(sys.argv[2]), 64
+preset, steps, run_dir, batch = sys.argv[1], int(sys.argv[2]), sys.argv[3], 64
 data = load_fashion_mnist("train").subset(batch * (steps + 3))
-tr = Trainer("/tmp/ddpmlab-bench", make_run_config(preset, batch_size=batch, device="cpu", snapshot_steps=0),
+tr = Trainer(run_dir, make_run_config(preset, batch_size=batch, device="cpu", snapshot_steps=0),
              data=data, progress=False)
 times = []
 for i in range(steps + 3):
@@ -42,8 +47,8 @@ print(json.dumps({"applied": applied, "ips": batch / statistics.median(times[3:]
 
 def run(preset: str, steps: int, keep: bool) -> dict:
     env = dict(os.environ, DDPMLAB_KEEP_FREED_MEMORY="1" if keep else "0")
-    out = subprocess.run([sys.executable, "-c", CHILD, preset, str(steps)], env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", CHILD, preset, str(steps), str(output_dir("allocator"))], env=env,
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -6,7 +6,7 @@ Trains the preset at the quick budget's size (32 channels) for --steps optimiser
 precision from the same seed (so the same images, timesteps and noise reach both), logs the loss
 every 5 steps, and prints the two curves' mean over the last third and their ratio, plus the
 images/s of each. On a CPU without native bf16 (no AVX512-BF16 / AMX) oneDNN emulates it and the
-bf16 run is ~10x slower; the curves are still the question this answers.
+bf16 run is much slower; the curves are still the question this answers.
 """
 from __future__ import annotations
 

@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/channels_last_norm.py [--preset unet-block] [--steps 6] [--budget]
 
-The UNets' convolutions run 11-13% faster in channels_last on the bf16 CPU, but PyTorch's own
-channels_last GroupNorm is 10-40x slower than the contiguous one there, so the UNets stay
-contiguous. This script holds the best replacement we found, an autograd function with fp32
-statistics and a closed-form backward, checks it against the textbook form (gradcheck in fp64,
-values in bf16), and times training steps of the preset in bf16 three ways in one run:
-contiguous (what ddpmlab runs), channels_last with PyTorch's norm, channels_last with this one.
+The UNets' convolutions run faster in channels_last on the bf16 CPU, but PyTorch's own
+channels_last GroupNorm is much slower than the contiguous one there, so the UNets stay
+contiguous (README.md has the measurements). This script holds the best replacement we found,
+an autograd function with fp32 statistics and a closed-form backward, checks it against the
+textbook form (gradcheck in fp64, values in bf16), and times training steps of the preset in bf16
+three ways in one run: contiguous (what ddpmlab runs), channels_last with PyTorch's norm,
+channels_last with this one.
 With --budget it also runs profile_step.py's budget for the last of the three.
 """
 from __future__ import annotations

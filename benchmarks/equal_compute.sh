@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # unet-small against unet-block at equal training compute on this CPU: the same wall time, given
-# by their measured training images/s (benchmarks/preset_throughput.py --presets unet-small,unet-block
-# --settings bf16/off: 92.5 and 28.5 img/s on the 2-core AVX512-BF16 EPYC, 1 thread, so RATIO 3.25),
-# then both evaluated the same way (dpm++2m, 20 steps, guidance 1, N samples, the network in bf16 where native).
+# by their measured training images/s (RATIO = unet-small's over unet-block's, from
+# benchmarks/preset_throughput.py --presets unet-small,unet-block --settings bf16/off; the default
+# is the ratio README.md reports), then both evaluated the same way (dpm++2m, 20 steps, guidance 1,
+# N samples, the network in bf16 where native).
 # Usage: [RATIO=3.25] bash benchmarks/equal_compute.sh [BLOCK_STEPS] [N]   (unet-small gets RATIO x the steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."

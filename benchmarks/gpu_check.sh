@@ -12,29 +12,24 @@ $PY -m ddpmlab data
 $PY -m ddpmlab train --preset unet-block --device cuda --precision bf16 --compile --max-steps "$STEPS" \
     --batch-size "$BATCH" --snapshot-steps 0 --out "$OUT/run" --quiet
 $PY - "$OUT/run" "$BATCH" <<'PYEOF'
-import json, statistics, sys, time
+import json, statistics, sys
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from ddpmlab.train import Trainer, make_run_config
 from ddpmlab.data import load_fashion_mnist
+sys.path.insert(0, "benchmarks")
+from common import median_time
 
 run, batch = sys.argv[1], int(sys.argv[2])
 steps = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if '"step"' in l]
 ips = statistics.median(m["img_per_s"] for m in steps if m.get("kind") == "step" and m["step"] > 50)
 rc = make_run_config("unet-block", batch_size=batch, device="cuda", precision="bf16", snapshot_steps=0)
-tr = Trainer("/tmp/ddpmlab-gpu", rc, data=load_fashion_mnist("train").subset(batch * 2), progress=False)
+tr = Trainer(f"{run}-flops", rc, data=load_fashion_mnist("train").subset(batch * 2), progress=False)
 with FlopCounterMode(display=False) as fc:
     tr.train_step(torch.arange(batch, device="cuda"))
 flops_per_img = fc.get_total_flops() / batch
 a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-for _ in range(3):
-    a @ a
-torch.cuda.synchronize()
-t0 = time.perf_counter()
-for _ in range(20):
-    a @ a
-torch.cuda.synchronize()
-peak = 20 * 2 * 8192 ** 3 / (time.perf_counter() - t0)
+peak = 2 * 8192 ** 3 / median_time(lambda i: a @ a, 20, 3, sync=torch.cuda.synchronize)[0]
 achieved = ips * flops_per_img
 print(f"{torch.cuda.get_device_name()}: unet-block bf16+compile, batch {batch}: {ips:.0f} img/s (median after step 50)")
 print(f"{flops_per_img / 1e9:.2f} GFLOP per training image -> {achieved / 1e12:.1f} TFLOP/s; "

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ddpmlab.models.layers import Norm
-from train_throughput import median_time   # benchmarks/ is on sys.path when run as a script
+from ddpmlab.runtime import autocast
+from common import median_time   # benchmarks/ is on sys.path when run as a script
 
 SHAPES = [(64, 64, 28, 28), (64, 128, 14, 14), (64, 192, 7, 7)]
 COND_DIM = 64
@@ -60,12 +61,12 @@ def main():
             times = {}
             for name, fn in variants(norm).items():
                 def fwd():
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    with autocast(torch.device("cpu"), precision):
                         return fn(x, cond)
 
                 def fwd_bwd():
                     fwd().backward(grad)
-                times[name] = tuple(median_time(lambda i, f=f: f(), args.repeats, 3) * 1e3 for f in (fwd, fwd_bwd))
+                times[name] = tuple(median_time(lambda i, f=f: f(), args.repeats, 3)[0] * 1e3 for f in (fwd, fwd_bwd))
             cells = "  ".join(f"{n} {f:6.2f} / {fb:6.2f} ms" for n, (f, fb) in times.items())
             t, o = times["textbook"], times["ddpmlab"]
             print(f"{precision} {str(shape):18s} fwd / fwd+bwd: {cells}   textbook/ddpmlab {t[0] / o[0]:.2f}x / "

@@ -11,8 +11,6 @@ and /compile adds torch.compile (`--compile`); its first step, compilation inclu
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -21,21 +19,18 @@ from ddpmlab.data import load_fashion_mnist
 from ddpmlab.models import count_parameters
 from ddpmlab.runtime import cpu_has_native_bf16, keep_freed_memory
 from ddpmlab.train import Trainer, make_run_config
+from common import median_time, output_dir   # benchmarks/ is on sys.path when run as a script
 
 
 def time_steps(preset: str, precision: str, channels_last: str, steps: int, batch: int, data,
                compile: bool = False) -> tuple[float, int, float]:
     rc = make_run_config(preset, precision=precision, channels_last=channels_last, batch_size=batch, device="cpu",
                          compile=compile)
-    tr = Trainer("/tmp/ddpmlab-bench", rc, data=data, progress=False)
+    tr = Trainer(output_dir("preset_throughput"), rc, data=data, progress=False)
     perm = torch.randperm(len(data))
-    times = []
-    for i in range(steps + 2):
-        idx = perm[i * batch:(i + 1) * batch]
-        t0 = time.perf_counter()
-        tr.train_step(idx).item()
-        times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times[2:]), count_parameters(tr.model), times[0]
+    batches = [perm[i * batch:(i + 1) * batch] for i in range(steps + 2)]
+    s, times = median_time(lambda i: tr.train_step(batches[i]).item(), steps, 2)
+    return batch / s, count_parameters(tr.model), times[0]
 
 
 def main():

@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.runtime import keep_freed_memory
 from ddpmlab.train import Trainer, make_run_config
+from common import median_time, output_dir   # benchmarks/ is on sys.path when run as a script
 
 
 def conv_rows(prof) -> list[tuple]:
@@ -49,14 +50,14 @@ CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")
 
 
 def budget(prof, tr, batches, data, args, target: float = 0.85):
-    from train_throughput import ceiling, median_time   # benchmarks/ is on sys.path when run as a script
+    from train_throughput import ceiling
 
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     conv_share = sum(e.self_cpu_time_total for e in events if e.key in CONV_OPS) / total
-    step = median_time(lambda i: tr.train_step(batches[i % len(batches)]).item(), max(args.steps, 3), 1)
+    step = median_time(lambda i: tr.train_step(batches[i % len(batches)]).item(), max(args.steps, 3), 1)[0]
     counter = tr if not args.compile else Trainer(      # the flop counter needs the eager model
-        "/tmp/ddpmlab-bench", run_config(args, compile=False), data=data, progress=False)
+        output_dir("profile_step"), run_config(args, compile=False), data=data, progress=False)
     with FlopCounterMode(display=False) as fc:
         counter.train_step(batches[0])
     gflop = fc.get_total_flops() / 1e9
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None):
     args = ap.parse_args(argv)
     keep_freed_memory()             # as the command line does; process-wide, so for every network timed here
     data = load_fashion_mnist("train").subset(args.batch * (args.steps + 3))
-    tr = Trainer("/tmp/ddpmlab-bench", run_config(args, compile=args.compile), data=data, progress=False)
+    tr = Trainer(output_dir("profile_step"), run_config(args, compile=args.compile), data=data, progress=False)
     batches = [torch.arange(i * args.batch, (i + 1) * args.batch) for i in range(args.steps + 3)]
     for idx in batches[:3]:
         tr.train_step(idx).item()

@@ -8,13 +8,12 @@ size; prints images/s, the median of --repeats runs, and the ratio to the larges
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from ddpmlab.diffusion import generate
 from ddpmlab.sample import load_run
+from common import median_time   # benchmarks/ is on sys.path when run as a script
 
 
 def main():
@@ -32,14 +31,10 @@ def main():
           f"dpm++2m, {args.steps} steps")
     res = {}
     for b in [int(v) for v in args.batches.split(",")]:
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            generate(run.model, run.schedule, (cfg.in_channels, cfg.image_size, cfg.image_size),
-                     seeds=range(args.n), labels=labels, sampler="dpm++2m", steps=args.steps,
-                     null_label=cfg.num_classes, batch_size=b)
-            times.append(time.perf_counter() - t0)
-        res[b] = args.n / statistics.median(times)
+        s = median_time(lambda i: generate(run.model, run.schedule, (cfg.in_channels, cfg.image_size, cfg.image_size),
+                                           seeds=range(args.n), labels=labels, sampler="dpm++2m", steps=args.steps,
+                                           null_label=cfg.num_classes, batch_size=b), args.repeats, warmup=0)[0]
+        res[b] = args.n / s
     top = res[max(res)]
     for b, v in res.items():
         print(f"batch {b:4d}: {v:7.1f} img/s  ({v / top:.2f}x batch {max(res)})")

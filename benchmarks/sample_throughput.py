@@ -10,9 +10,6 @@ speed does not depend on them. Prints images/s, GFLOP/s and the ratio; median of
 from __future__ import annotations
 
 import argparse
-import contextlib
-import statistics
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -21,11 +18,8 @@ from ddpmlab.config import get_preset
 from ddpmlab.diffusion import make_schedule
 from ddpmlab.models import build_model, count_parameters
 from ddpmlab import render
-from ddpmlab.runtime import keep_freed_memory
-
-
-def ac(precision):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+from ddpmlab.runtime import autocast, keep_freed_memory
+from common import diffusers_unet, median_time   # benchmarks/ is on sys.path when run as a script
 
 
 def main():
@@ -37,21 +31,19 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     keep_freed_memory()             # as the command line does; process-wide, so for every network timed here
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     cfg = get_preset("unet-block").model
     ours = build_model(cfg).eval()
     sched = make_schedule()
     labels = torch.arange(args.n) % 10
-    theirs = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(64, 128, 192),
-                         layers_per_block=2, down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
-                         num_class_embeds=10, norm_num_groups=32).eval()
+    theirs = diffusers_unet().eval()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.n} samples, {args.sampler}, "
           f"{args.steps} steps; ddpmlab {count_parameters(ours) / 1e6:.2f}M, diffusers "
           f"{count_parameters(theirs) / 1e6:.2f}M parameters")
 
     def run_ours(precision):     # as `ddpmlab sample --precision P` runs: the network in autocast, the solver fp32
-        return render.sample(ours, sched, cfg, args.n, labels=labels, sampler=args.sampler, steps=args.steps,
+        return render.draw(ours, sched, cfg, args.n, labels=labels, sampler=args.sampler, steps=args.steps,
                              precision=precision)
 
     def run_theirs(precision):
@@ -60,7 +52,7 @@ def main():
         s.set_timesteps(args.steps)
         g = torch.Generator().manual_seed(0)
         x = torch.randn(args.n, 1, 28, 28, generator=g)
-        with torch.no_grad(), ac(precision):
+        with torch.no_grad(), autocast(torch.device("cpu"), precision):
             for t in s.timesteps:
                 eps = theirs(x, t, class_labels=labels).sample
                 x = s.step(eps.float(), t, x).prev_sample
@@ -78,12 +70,7 @@ def main():
     for p in args.precisions.split(","):
         res = {}
         for name, fn, f in (("ddpmlab", run_ours, f_ours), ("diffusers", run_theirs, f_theirs)):
-            times = []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                fn(p)
-                times.append(time.perf_counter() - t0)
-            s = statistics.median(times)
+            s = median_time(lambda i: fn(p), args.repeats, warmup=0)[0]
             res[name] = args.n / s
             print(f"{name:10s} {p:5s} {args.n / s:7.1f} img/s  {f * args.steps / s / 1e9:6.1f} GFLOP/s  "
                   f"({f / args.n / 1e9:.2f} GFLOP per image per evaluation)", flush=True)

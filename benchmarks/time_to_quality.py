@@ -19,6 +19,9 @@ Contenders:
 - fast:    `unet-small --recipe fast` (v-prediction, min-SNR, cosine decay planned over --fast-epochs,
            EMA by half-life).
 Both are sampled with dpm++2m, 10 log-SNR-spaced steps, guidance 0.3 (20 evaluations).
+- diffusers, diffusers-bf16: benchmarks/diffusers_recipe.py, diffusers' UNet2DModel trained as its
+           unconditional training example does by default (fp32; and under bf16 autocast), sampled
+           with DPMSolverMultistepScheduler at its defaults, 20 steps, no guidance (20 evaluations).
 """
 from __future__ import annotations
 
@@ -38,9 +41,17 @@ DDPMLAB = [sys.executable, "-m", "ddpmlab.cli"]
 EVAL = ["--sampler", "dpm++2m", "--steps", "10", "--spacing", "logsnr", "--guidance", "0.3"]   # 20 NFE
 
 
+DIFFUSERS = [sys.executable, str(ROOT / "benchmarks" / "diffusers_recipe.py")]
+
+
 def contenders(fast_epochs: int) -> dict[str, list[str]]:
     return {"writeup": ["--preset", "unet-small", "--epochs", "40"],
-            "fast": ["--preset", "unet-small", "--recipe", "fast", "--epochs", str(fast_epochs)]}
+            "fast": ["--preset", "unet-small", "--recipe", "fast", "--epochs", str(fast_epochs)],
+            "diffusers": ["--precision", "fp32"], "diffusers-bf16": ["--precision", "bf16"]}
+
+
+def is_diffusers(name: str) -> bool:
+    return name.startswith("diffusers")
 
 
 def read_clock(d: Path) -> float:
@@ -61,9 +72,12 @@ def train_until(name: str, args: list[str], d: Path, budget_s: float) -> str:
     base = read_clock(d)
     if base >= budget_s:
         return "reached"
-    cmd = [*DDPMLAB, "train", "--out", str(run), *args, "--quiet"]
-    if (run / "checkpoint.json").is_file():
-        cmd.append("--resume")
+    if is_diffusers(name):      # resumes by itself from RUN/checkpoint.pt
+        cmd = [*DIFFUSERS, "train", "--out", str(run), *args]
+    else:
+        cmd = [*DDPMLAB, "train", "--out", str(run), *args, "--quiet"]
+        if (run / "checkpoint.json").is_file():
+            cmd.append("--resume")
     print(f"[{name}] training from {base / 60:.1f} to {budget_s / 60:.0f} min: {' '.join(cmd[2:])}", flush=True)
     t0 = time.monotonic()
     log = open(d / "train.log", "a")
@@ -91,9 +105,15 @@ def snapshot(d: Path, minutes: int) -> Path:
     tmp = d / f".at-{minutes}min.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    shutil.copyfile(d / "run" / "config.json", tmp / "config.json")
-    (tmp / "ema.safetensors").write_bytes(checkpoint.read_bytes(d / "run", "ema.safetensors")[0])
-    info = {"minutes": minutes, "clock_seconds": read_clock(d), "step": checkpoint.step(d / "run")}
+    if (d / "run" / "checkpoint.pt").is_file():           # the diffusers recipe's own checkpoint
+        import torch
+        shutil.copyfile(d / "run" / "checkpoint.pt", tmp / "checkpoint.pt")
+        step = torch.load(tmp / "checkpoint.pt", weights_only=False)["step"]
+    else:
+        shutil.copyfile(d / "run" / "config.json", tmp / "config.json")
+        (tmp / "ema.safetensors").write_bytes(checkpoint.read_bytes(d / "run", "ema.safetensors")[0])
+        step = checkpoint.step(d / "run")
+    info = {"minutes": minutes, "clock_seconds": read_clock(d), "step": step}
     (tmp / "at.json").write_text(json.dumps(info))
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
@@ -102,7 +122,13 @@ def snapshot(d: Path, minutes: int) -> Path:
 
 def evaluate(snap: Path, n: int) -> dict:
     out = snap / f"eval-n{n}.json"
-    if not out.is_file():
+    if not out.is_file() and (snap / "checkpoint.pt").is_file():
+        npz = snap / f"samples-n{n}.npz"
+        subprocess.run([*DIFFUSERS, "sample", "--run", str(snap), "--n", str(n), "--npz", str(npz)], check=True,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run([*DDPMLAB, "evaluate", str(npz), "--quiet", "--out", str(out)], check=True,
+                       stdout=subprocess.DEVNULL)
+    elif not out.is_file():
         subprocess.run([*DDPMLAB, "evaluate", str(snap), "--n", str(n), *EVAL, "--quiet", "--out", str(out)],
                        check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())

@@ -6,19 +6,17 @@ In one run, on the same batch size, threads and image size, it times full optimi
   - ddpmlab: Trainer.train_step of `unet-block` as users run it (`--precision auto`, channels_last auto),
     and at each precision given;
   - diffusers: UNet2DModel (block_out_channels 64,128,192, 2 layers per block, 10 class
-    embeddings: 9.7M parameters against our 9.2M) trained as its train_unconditional example does
-    by default (fp32, AdamW, DDPMScheduler.add_noise, MSE), and at each precision given.
-It prints the median images/s, the achieved GFLOP/s (FLOPs of one training step counted with
-torch.utils.flop_counter) and that as a fraction of a ceiling measured in the same run: the best
-GFLOP/s of a single large convolution (and matmul) at that precision; for scale also as a fraction
-of that convolution's own forward + backward rate. Needs diffusers (test extra).
+    embeddings: parameter-matched to unet-block, both counts printed) trained as its
+    train_unconditional example does by default (fp32, AdamW, DDPMScheduler.add_noise, MSE), and at
+    each precision given.
+It prints the parameters, the median images/s, the achieved GFLOP/s (FLOPs of one training step
+counted with torch.utils.flop_counter) and that as a fraction of a ceiling measured in the same
+run: the best GFLOP/s of a single large convolution (and matmul) at that precision; for scale also
+as a fraction of that convolution's own forward + backward rate. Needs diffusers (test extra).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -26,21 +24,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.models import count_parameters
-from ddpmlab.runtime import cpu_has_native_bf16, keep_freed_memory
+from ddpmlab.runtime import autocast, cpu_has_native_bf16, keep_freed_memory
 from ddpmlab.train import Trainer, make_run_config
-
-
-def ac(precision):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-
-
-def median_time(fn, steps: int, warmup: int = 2) -> float:
-    times = []
-    for i in range(steps + warmup):
-        t0 = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[warmup:])
+from common import diffusers_unet, median_time, output_dir   # benchmarks/ is on sys.path when run as a script
 
 
 def count_flops(fn) -> int:
@@ -54,6 +40,9 @@ def ceiling(precision: str, reps: int = 5) -> tuple[float, float, float]:
     large matmul, and of that convolution's forward + backward (gradients of input and weight, 3x
     the FLOPs) at this precision. The first is the issue's ceiling; the third is the same
     convolution trained, the most a training step made of convolutions could reach."""
+    def best(fn):           # the fastest of reps calls, each right after a warm-up call of its own
+        return min(median_time(lambda i: fn(), 1, 1)[0] for _ in range(reps))
+
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
     conv_flops = 2 * 64 * 128 * 128 * 9 * 28 * 28
     conv = train = float("inf")
@@ -62,26 +51,23 @@ def ceiling(precision: str, reps: int = 5) -> tuple[float, float, float]:
         w = torch.randn(128, 128, 3, 3, dtype=dt).contiguous(memory_format=fmt).requires_grad_()
         g = torch.randn(64, 128, 28, 28, dtype=dt).contiguous(memory_format=fmt)
         with torch.no_grad():
-            conv = min(conv, min(median_time(lambda i: F.conv2d(x, w, padding=1), 1, 1) for _ in range(reps)))
-        train = min(train, min(median_time(lambda i: F.conv2d(x, w, padding=1).backward(g), 1, 1)
-                               for _ in range(reps)))
+            conv = min(conv, best(lambda: F.conv2d(x, w, padding=1)))
+        train = min(train, best(lambda: F.conv2d(x, w, padding=1).backward(g)))
     a = torch.randn(2048, 2048, dtype=dt)
-    mm = min(median_time(lambda i: a @ a, 1, 1) for _ in range(reps))
+    mm = best(lambda: a @ a)
     return conv_flops / conv / 1e9, 2 * 2048 ** 3 / mm / 1e9, 3 * conv_flops / train / 1e9
 
 
 def ours(precision: str, batch: int, data):
     rc = make_run_config("unet-block", batch_size=batch, precision=precision, device="cpu", snapshot_steps=0)
-    tr = Trainer("/tmp/ddpmlab-bench", rc, data=data, progress=False)
+    tr = Trainer(output_dir("train_throughput"), rc, data=data, progress=False)
     idx = [torch.arange(i * batch, (i + 1) * batch) % len(data) for i in range(64)]
     return (lambda i: tr.train_step(idx[i % 64]).item()), count_parameters(tr.model), tr.precision
 
 
 def theirs(precision: str, batch: int, data):
-    from diffusers import DDPMScheduler, UNet2DModel
-    model = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(64, 128, 192),
-                        layers_per_block=2, down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
-                        num_class_embeds=10, norm_num_groups=32)
+    from diffusers import DDPMScheduler
+    model = diffusers_unet()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     sched = DDPMScheduler(num_train_timesteps=1000)
     images = data.images.float() / 127.5 - 1
@@ -92,7 +78,7 @@ def theirs(precision: str, batch: int, data):
         x0, y = images[sel], labels[sel]
         noise = torch.randn_like(x0)
         t = torch.randint(0, 1000, (batch,))
-        with ac(precision):
+        with autocast(torch.device("cpu"), precision):
             pred = model(sched.add_noise(x0, noise, t), t, class_labels=y).sample
         loss = F.mse_loss(pred.float(), noise)
         opt.zero_grad()
@@ -120,7 +106,7 @@ def main():
     for name, make, prec in configs:
         fn, params, resolved = make(prec, args.batch, data)
         flops = count_flops(fn)
-        s = median_time(fn, args.steps)
+        s = median_time(fn, args.steps, 2)[0]
         if resolved not in ceilings:
             ceilings[resolved] = ceiling(resolved)
         gflops = flops / s / 1e9

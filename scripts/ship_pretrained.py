@@ -1,13 +1,13 @@
 """Ship a trained run as a pretrained model inside the package.
 
     .venv/bin/python scripts/ship_pretrained.py RUN NAME [--hardware "2-core AMD EPYC CPU"] [--note TEXT]
-        [--sampler S --steps K --guidance W]
+        [--sampler S --steps K --guidance W --spacing SP --guidance-interval LO,HI]
 
 Copies config.json, the EMA weights (as ema.safetensors), metrics.jsonl, loss.png, the final
 sample grid and process figure into src/ddpmlab/pretrained/NAME/ and writes MODEL_CARD.md with
 how it was trained (preset, epochs, images seen, hardware, wall time) and, when present, the
-evaluation in RUN/eval/. --sampler/--steps/--guidance become the shipped model's own sampling
-defaults (config.json "sampling"), used by `sample`, `process`, `evaluate` and `report` unless
+evaluation in RUN/eval/. --sampler/--steps/--guidance/--spacing/--guidance-interval become the
+shipped model's own sampling defaults (config.json "sampling"), used by `sample`, `process`, `evaluate` and `report` unless
 flags say otherwise.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ddpmlab.report import run_summary
 from ddpmlab import config as C
 from ddpmlab import checkpoint
 from ddpmlab.run import PRETRAINED_DIR, load_config, read_metrics, save_config
+from ddpmlab.diffusion import count_nfe, make_schedule
 from ddpmlab.sample import sampling_settings
 
 
@@ -38,6 +39,19 @@ def lr_history(run: Path) -> str:
     return text.replace(" (", " (logged at steps ", 1)
 
 
+def recipe(rc) -> str:
+    t, d = rc.train, rc.diffusion
+    lr = (f"Adam, ReduceLROnPlateau x{t.lr_factor} after {t.lr_patience} epochs (floor {t.min_lr:g})"
+          if t.lr_schedule == "plateau" else
+          f"Adam at {t.lr:g}, {t.warmup_steps} warmup steps, cosine decay to {t.min_lr:g} at the planned end")
+    ema = (f"EMA half-life {t.ema_halflife_kimg:g} kimg (ramp-up {t.ema_rampup})" if t.ema_halflife_kimg
+           else f"EMA {t.ema_decay}")
+    loss = f"{d.prediction}-prediction" + (f", min-SNR weighting (gamma {t.min_snr_gamma:g})"
+                                           if t.loss_weighting == "min-snr" else "")
+    return (f"{loss}, t {t.t_sampling}, {lr}, {ema}, null label {t.cond_drop:g} (classifier-free guidance), "
+            f"{d.schedule} schedule T={d.timesteps}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
@@ -47,7 +61,10 @@ def main():
     ap.add_argument("--sampler")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--guidance", type=float)
+    ap.add_argument("--spacing")
+    ap.add_argument("--guidance-interval")
     args = ap.parse_args()
+    interval = [int(v) for v in args.guidance_interval.split(",")] if args.guidance_interval else None
     run = Path(args.run)
     dst = PRETRAINED_DIR / args.name
     dst.mkdir(parents=True, exist_ok=True)
@@ -61,7 +78,8 @@ def main():
         (dst / "samples").mkdir(exist_ok=True)
         shutil.copyfile(run / "samples" / "grid.png", dst / "samples" / "grid.png")
     rc = load_config(run)
-    rc.sampling = C.from_dict(C.SamplingConfig, {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance})
+    rc.sampling = C.from_dict(C.SamplingConfig, {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
+                                                 "spacing": args.spacing, "guidance_interval": interval})
     save_config(dst, rc)
     s = run_summary(run)
     lines = [f"# Model card: `{args.name}`", "",
@@ -75,27 +93,30 @@ def main():
              f"| images/s | {s['img_per_s']} |",
              f"| hardware | {args.hardware} |",
              f"| learning rate | {lr_history(run)} |",
-             f"| recipe | Adam, ReduceLROnPlateau x{rc.train.lr_factor} after {rc.train.lr_patience} "
-             f"epochs (floor {rc.train.min_lr:g}), EMA {rc.train.ema_decay}, null label {rc.train.cond_drop:g} "
-             "(classifier-free guidance), linear schedule T=1000 |",
+             f"| recipe | {recipe(rc)} |",
              "| weights | `ema.safetensors` (the EMA weights) |",
              f"| last logged loss | {s['final_loss']:.4f} |" if s["final_loss"] else "",
-             "| sampling defaults | {}, {} steps, guidance {:g} (config.json \"sampling\"; flags override) |".format(
-                 *sampling_settings(rc)), ""]
+             "| sampling defaults | {}, {} {} steps, guidance {:g}{} (config.json \"sampling\"; flags override) |".format(
+                 *sampling_settings(rc)[:2], sampling_settings(rc)[3], sampling_settings(rc)[2],
+                 f" for t in {interval[0]}..{interval[1]}" if interval else ""), ""]
     if args.note:
         lines += [args.note, ""]
     evals = sorted(run_eval_dir(run).glob("*.json")) if run_eval_dir(run).is_dir() else []
+    sched = make_schedule(rc.diffusion)
     if evals:
         lines += ["## Evaluation (`ddpmlab evaluate`)", "",
-                  "| sampler | steps | guidance | network | n | fd | fd floor | cond_acc | classifier acc on real | entropy "
-                  "| precision | recall | flags | sampling s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| sampler | steps | spacing | guidance | NFE | network | n | fd | fd floor | cond_acc | classifier acc on real "
+                  "| entropy | precision | recall | flags | sampling s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in evals:
             r = json.loads(p.read_text())
             flags = "mode collapse" if r.get("mode_collapse") else ""
             if r.get("collapsed_classes"):
                 flags += " collapsed " + ",".join(str(c["class"]) for c in r["collapsed_classes"])
-            lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r.get('sampling_precision', 'fp32')} | "
+            gi = r.get("guidance_interval")
+            nfe = count_nfe(1000, r["steps"], r.get("spacing"), sched, r["guidance"], gi)
+            lines.append(f"| {r['sampler']} | {r['steps']} | {r.get('spacing') or 'trailing'} | {r['guidance']:g}"
+                         f"{f' (t {gi[0]}..{gi[1]})' if gi else ''} | {nfe} | {r.get('sampling_precision', 'fp32')} | "
                          f"{r['n']} | {r['fd']:.2f} | "
                          f"{r['fd_floor']:.2f} | {r['cond_acc']:.3f} | {r['classifier_test_acc']:.3f} | "
                          f"{r['pred_entropy']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {flags.strip() or 'none'} | "

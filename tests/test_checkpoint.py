@@ -63,7 +63,12 @@ def test_sigkill_at_every_phase_of_a_save_then_resume_is_bit_identical(tmp_path,
     killed = run_all([cmd(out) for out in runs.values()], [env(f"{p}@2") for p in runs])
     for (phase, out), (rc, err) in zip(runs.items(), killed):
         assert rc == -9, (phase, rc, err)                       # the fault really fired
+    steps = {phase: checkpoint.step(out) for phase, out in runs.items()}     # what a resume starts from
     resumed = run_all([cmd(out, "--resume") for out in runs.values()], [env()] * len(runs))
+    print("\n| killed at (2nd save) | resumed from step | resume | final weights and EMA |\n|---|---|---|---|")
+    for (phase, out), (rc, err) in zip(runs.items(), resumed):
+        identical = rc == 0 and same(final_weights(out), reference)
+        print(f"| {phase} | {steps[phase]} | exit {rc} | {'bit-identical' if identical else 'DIFFERENT'} |")
     for (phase, out), (rc, err) in zip(runs.items(), resumed):
         assert rc == 0, (phase, err)
         assert same(final_weights(out), reference), f"killed at {phase}: resumed weights differ"

@@ -123,6 +123,7 @@ def test_damaged_input_is_one_line_naming_file_and_fix(case, trained, tmp_path, 
     lines = [line for line in err.splitlines() if line.startswith("ddpmlab:")]
     assert "Traceback" not in err and len(lines) == 1, err
     assert lines[0].startswith("ddpmlab: error: ")
+    print(f"\n| {case} | `{' '.join(argv[:1])}` | {lines[0].replace(str(tmp_path), '…')} |")
     for needle in needles:
         assert needle in lines[0], (case, lines[0])
 
@@ -143,7 +144,7 @@ def test_a_torn_last_line_of_metrics_is_dropped_by_resume_and_report(trained, tm
 
 
 def test_evaluate_reads_grey_images_without_a_channel_axis(tmp_path, fmnist_small, monkeypatch):
-    from ddpmlab.evaluate import load_samples
+    from ddpmlab.samplefile import load_samples
     x = fmnist_small.images[:16, 0].numpy()                        # (N, 28, 28) uint8
     np.savez(tmp_path / "g.npz", arr_0=x, arr_1=fmnist_small.labels[:16].numpy())
     images, labels, _ = load_samples(tmp_path / "g.npz")

@@ -1,5 +1,6 @@
 """The quality metric: real data sits at its floor, and each kind of damage moves it the right way."""
 import json
+import os
 import math
 
 import numpy as np
@@ -12,7 +13,8 @@ from ddpmlab.classifier import PRETRAINED, read_info
 from ddpmlab.config import ConfigError
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.diffusion import DEFAULT_SAMPLER
-from ddpmlab.evaluate import evaluate_images, evaluate_run, frechet_distance, precision_recall, reference
+from ddpmlab.evaluate import evaluate_images, evaluate_run, reference
+from ddpmlab.metrics import frechet_distance, precision_recall
 
 N = 500
 
@@ -238,3 +240,9 @@ def test_inception_fid_needs_the_users_weights_file(tmp_path, real, capsys, monk
     assert "Inception FID skipped" in capsys.readouterr().out             # and the default metric is used
     r = json.loads((tmp_path / "e.json").read_text())
     assert r["inception_fid"] is None and r["fd"] is not None
+
+
+def test_evaluation_caches_live_in_the_private_cache_not_the_users():
+    from ddpmlab.evaluate import eval_cache_dir
+    assert os.environ["XDG_CACHE_HOME"] in str(eval_cache_dir())
+    assert not str(eval_cache_dir()).startswith(os.path.expanduser("~/.cache"))

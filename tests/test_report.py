@@ -1,5 +1,6 @@
 """reproduce + report on a tiny budget: runs, skip-on-rerun, a report with every section."""
 import json
+import shutil
 
 import pytest
 
@@ -26,6 +27,8 @@ def test_reproduce_writes_report_and_skips_finished_runs(tmp_path, tiny_budget, 
     assert "| resnet-class |" in text and "fd floor" in text
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 8 and "src='figures" not in html   # self-contained
+    shown = images_in_a_browser(tmp_path / "report.html")
+    assert len(shown) >= 8 and all(ok for ok, _ in shown), shown     # every picture of the report loads
     for p in presets:
         evals = list((tmp_path / "runs" / p / "eval").glob("*.json"))
         assert len(evals) == 1 and json.loads(evals[0].read_text())["n"] == 40
@@ -35,6 +38,26 @@ def test_reproduce_writes_report_and_skips_finished_runs(tmp_path, tiny_budget, 
     R.reproduce(tmp_path, "quick", presets=presets, progress=False)
     assert "resnet-basic: finished earlier, skipped" in caplog.text
     assert mtimes == {p: (tmp_path / "runs" / p / "checkpoint.json").stat().st_mtime for p in presets}
+
+
+def images_in_a_browser(page) -> list[tuple[bool, int]]:
+    """(loaded, natural width) of every <img> of the page, as headless Chromium shows it."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("Debian's chromium and chromium-driver are not installed")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"):
+        opts.add_argument(flag)
+    from selenium.webdriver.chrome.service import Service
+    driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+    try:
+        driver.get(page.resolve().as_uri())
+        return driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete && i.naturalWidth > 0, i.naturalWidth]);")
+    finally:
+        driver.quit()
 
 
 def test_reproduce_resumes_an_unfinished_run(tmp_path, tiny_budget):
@@ -50,3 +73,12 @@ def test_reproduce_resumes_an_unfinished_run(tmp_path, tiny_budget):
 def test_report_cli_rejects_non_runs(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_report_of_a_shipped_model_draws_its_samples_and_process(tmp_path):
+    """A shipped model has no sample grid or process figure on disk: the report draws them."""
+    assert cli.main(["report", "fmnist", "--no-eval", "--out", str(tmp_path), "--quiet"]) == 0
+    figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert "unet-small-samples.png" in figures and "unet-small-process.png" in figures, figures
+    md = (tmp_path / "REPORT.md").read_text()
+    assert "unet-small-samples.png" in md and "unet-small-process.png" in md

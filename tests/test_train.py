@@ -218,3 +218,72 @@ def test_keep_freed_memory_makes_repeated_steps_free_of_page_faults():
     assert applied == "False" and default > 1000          # glibc's default: the pages come back every step
     applied, kept = faults_per_step("1")
     assert applied == "True" and kept < default / 10
+
+
+def test_ema_is_the_hand_computed_average_and_copies_buffers(fmnist_small):
+    from ddpmlab.train import EMA
+    model = build_model(tiny_rc("resnet-noise").model)
+    ema = EMA(model, decay=0.9)
+    start = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    expected = {k: v.double().clone() for k, v in model.named_parameters()}
+    for step in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+            for b in model.buffers():
+                if b.is_floating_point():
+                    b.add_(1.0)
+        ema.update(model, step)
+        d = min(0.9, (1 + step) / (10 + step))                   # the warm-up, then the decay
+        for k, p in model.named_parameters():
+            expected[k] = d * expected[k] + (1 - d) * p.double()
+    for k, p in ema.model.named_parameters():
+        assert torch.allclose(p.double(), expected[k], atol=1e-6), k
+        assert not torch.equal(p, start[k])
+    for (k, b_ema), b in zip(ema.model.named_buffers(), model.buffers()):
+        assert torch.equal(b_ema, b), f"buffer {k} was not copied"
+
+
+def test_label_dropout_happens_at_the_configured_rate(fmnist_small, monkeypatch):
+    data = fmnist_small.subset(512)
+    seen = []
+    tr = Trainer("unused", tiny_rc(cond_drop=0.3, batch_size=512), data=data, progress=False)
+    real = tr.ddp
+
+    def spy(x, t, label):
+        seen.append(label.clone())
+        return real(x, t, label)
+    tr.ddp = spy
+    for _ in range(4):
+        tr.train_step(torch.arange(512))
+    labels = torch.cat(seen)
+    null = (labels == tr.rc.model.num_classes).float().mean().item()
+    assert 0.26 < null < 0.34, null                               # 2048 draws: 0.3 +- 5 sigma
+    assert torch.equal(labels[labels != 10], data.labels.repeat(4)[labels != 10])
+
+
+def test_sigint_then_resume_is_bit_identical(tmp_path):
+    """Ctrl-C in the middle of a run saves; --resume ends with the uninterrupted run's weights."""
+    import signal
+    import time
+    args = ["--preset", "resnet-class", "--subset", "1600", "--batch-size", "32", "--epochs", "2",
+            "--snapshot-steps", "0", "--quiet", "--device", "cpu", "--precision", "fp32", "--set", "channels=8",
+            "--set", "num_blocks=2", "--set", "time_dim=16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = lambda out, *extra: subprocess.run([sys.executable, "-m", "ddpmlab.cli", "train", "--out", str(out),
+                                              *args, *extra], env=env, capture_output=True, text=True)
+    assert run(tmp_path / "full").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "ddpmlab.cli", "train", "--out", str(tmp_path / "cut"), *args],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "cut" / "metrics.jsonl"
+    while not (log.is_file() and '"kind": "step"' in log.read_text()):     # 25 steps in (the first log line)
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted at step" in err and "--resume" in err, err
+    stopped = checkpoint.step(tmp_path / "cut")
+    assert 0 < stopped < 100, stopped                              # mid-run: 50 steps an epoch, 2 epochs
+    r = run(tmp_path / "cut", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert_same_weights(tmp_path / "full", tmp_path / "cut")

@@ -242,3 +242,20 @@ def load_tensors(run_dir, name: str, manifest: bool = True) -> dict:
     except (SafetensorError, ValueError, OSError) as e:
         raise CheckpointError(f"{path} is damaged or not a safetensors file ({str(e)[:120]}); restore it "
                               "or retrain the run") from None
+
+
+# ------------------------------------------------------------------------------ a training checkpoint
+
+def save_training(run_dir, step: int, model, ema_model, state: dict, meta: dict | None = None) -> Path:
+    """The checkpoint of a training run: the network's and the EMA's state_dicts as safetensors,
+    the trainer's state (optimiser, schedulers, RNG, position) with torch.save."""
+    from safetensors.torch import save
+
+    import torch
+
+    def tensors(m):
+        return {k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return write(run_dir, step, {"model.safetensors": save(tensors(model)), "ema.safetensors": save(tensors(ema_model)),
+                                 "state.pt": buf.getvalue()}, meta)

@@ -174,7 +174,7 @@ def cmd_classifier(args) -> None:
 def cmd_evaluate(args) -> None:
     import json
     from pathlib import Path
-    from .evaluate import cached_evaluate_run, evaluate_npz, format_table
+    from .evaluate import cached_evaluate_run, evaluate_npz
     from .runtime import atomic_write
     kw = dict(classifier=args.classifier, inception_weights=args.inception_weights)
     src = Path(args.run_or_npz)
@@ -212,6 +212,50 @@ def cmd_reproduce(args) -> None:
     path = reproduce(args.out, args.budget, progress=not args.quiet)
     print(f"reproduce --budget {args.budget}: {(time.time() - t0) / 60:.1f} min; report: {path} and "
           f"{path.parent / 'report.html'}")
+
+
+def _fmt(v, fmt="{:.3f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def format_table(r: dict) -> str:
+    """`evaluate`'s printed table: each metric beside its floor."""
+    from .evaluate import MODE_COLLAPSE_FRAC
+    names = r["class_names"]
+    lines = [f"{r['source']}: n={r['n']}, sampler={r['sampler'] or '-'}, steps={r['steps'] or '-'}, "
+             f"guidance={_fmt(r['guidance'], '{:g}')}"
+             f"{', spacing=' + r['spacing'] if r.get('spacing') else ''}"
+             f"{', guided for t in {}..{}'.format(*r['guidance_interval']) if r.get('guidance_interval') else ''}"
+             f"{', network in ' + r['sampling_precision'] if r.get('sampling_precision') else ''}, input {r['input_range']}",
+             f"classifier: {r['classifier']['feature_dim']}-d features, accuracy on real test images "
+             f"{r['classifier_test_acc']:.4f}",
+             *([] if r["inception_fid"] is not None else [r["inception_note"]]),
+             "",
+             f"{'metric':32s} {'samples':>10s} {'real (floor)':>13s}",
+             f"{'FD, classifier features':32s} {_fmt(r['fd']):>10s} {_fmt(r['fd_floor']):>13s}"]
+    if r["inception_fid"] is not None:
+        lines.append(f"{'Inception FID (299x299)':32s} {_fmt(r['inception_fid']):>10s} {_fmt(r['inception_fid_floor']):>13s}")
+    lines += [
+        f"{'precision (k=3)':32s} {_fmt(r['precision']):>10s} {_fmt(r['precision_floor']):>13s}",
+        f"{'recall (k=3)':32s} {_fmt(r['recall']):>10s} {_fmt(r['recall_floor']):>13s}",
+        f"{'cond. accuracy (real: test acc)':32s} {_fmt(r['cond_acc']):>10s} {_fmt(r['classifier_test_acc']):>13s}",
+        f"{'class entropy, nats (max 2.303)':32s} {_fmt(r['pred_entropy']):>10s} {_fmt(r['pred_entropy_floor']):>13s}",
+        f"{'near-duplicate fraction':32s} {_fmt(r['dup_frac']):>10s} {_fmt(r['dup_frac_floor']):>13s}",
+        "",
+        f"{'class':12s} {'predicted':>9s} {'FD':>8s} {'floor':>7s} {'cond_acc':>8s} {'real acc':>8s}"]
+    for k, name in enumerate(names):
+        pc = r["per_class_fd"] or [None] * len(names)
+        pf = r["per_class_fd_floor"] or [None] * len(names)
+        ca = r["cond_acc_per_class"] or [None] * len(names)
+        lines.append(f"{name:12s} {r['pred_hist'][k] / r['n']:>9.1%} {_fmt(pc[k], '{:.2f}'):>8s} "
+                     f"{_fmt(pf[k], '{:.2f}'):>7s} {_fmt(ca[k]):>8s} {r['classifier_test_acc_per_class'][k]:>8.3f}")
+    collapsed = ", ".join(f"{c['name']} -> {c['predicted_name']} ({c['fraction']:.0%})" for c in r["collapsed_classes"])
+    lines += ["",
+              f"collapsed classes: {collapsed or ('none' if r['labelled'] else 'n/a (the samples carry no labels)')}",
+              f"missing classes:   {', '.join(names[k] for k in r['missing_classes']) or 'none'}",
+              f"mode collapse:     {'YES' if r['mode_collapse'] else 'no'} ({r['dup_frac']:.1%} of samples have a "
+              f"near-duplicate; flagged above {MODE_COLLAPSE_FRAC:.0%}, real data {r['dup_frac_floor']:.1%})"]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     precision_flag(p)
-    p.add_argument("--out", help="JSON file (default RUN/eval.json or NPZ with .eval.json)")
+    p.add_argument("--out", help="JSON file (default: RUN/eval/SETTINGS.json, the user cache for a shipped model, or NPZ with .eval.json)")
     p.add_argument("--classifier", help="classifier weights (default: the shipped ones)")
     p.add_argument("--inception-weights", metavar="FILE",
                    help="pt_inception-2015-12-05-6726825d.pth: adds Inception FID at 299x299")

@@ -424,8 +424,8 @@ def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: s
 
     batch_size None: 256 on accelerators, 64 on a CPU, where big batches are slower per image
     (activations past glibc's 32 MB mmap threshold are mapped and page-faulted afresh by every op):
-    unet-small drew 1.13x / 1.21x the images/s at 64 / 128 as at 256 (benchmarks/sample_batch_size.py,
-    1 thread), and guidance doubles the batch the network sees."""
+    benchmarks/sample_batch_size.py measures it; README quotes it), and guidance doubles the batch
+    the network sees."""
     fn = get_sampler(sampler)
     if batch_size is None:
         batch_size = 64 if torch.device(device).type == "cpu" else 256

@@ -2,10 +2,15 @@
 
     >>> r = evaluate_run("runs/resnet-class", n=1000, steps=50)   # sample, then evaluate
     >>> r = evaluate_npz("samples.npz")                           # arr_0 uint8 (N, 28, 28, 1), arr_1 labels
-    >>> print(format_table(r)); r["fd"], r["fd_floor"], r["cond_acc"], r["mode_collapse"]
+    >>> r["fd"], r["fd_floor"], r["cond_acc"], r["mode_collapse"]
 
 Every number stands beside its floor: the same metric for N real *training* images (N = the
 number of samples, class counts matched to the requested labels) against the 10k test images.
+
+This module holds the reference (the classifier's view of the test images, cached on disk under
+the classifier's hash and the ddpmlab version), the evaluation of images, of .npz files and of
+runs (cached per run under the weights' and the classifier's hashes). The maths are in metrics.py,
+the .npz format in samplefile.py, the printed table beside its user in cli.py.
 
 - fd: Fréchet distance between Gaussians fitted to the classifier's penultimate features
   (128-d) of the samples and of the test images (Heusel et al. 2017; float64,
@@ -36,131 +41,42 @@ import hashlib
 import json
 import logging
 import time
-import warnings
-import zipfile
-import zlib
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 from threadpoolctl import threadpool_limits
 
+from . import __version__
 from .classifier import PRETRAINED, load_classifier, predict
 from .config import ConfigError
 from .data import FASHION_CLASSES, load_fashion_mnist, to_uint8
-from .diffusion import SAMPLE_PRECISION
+from .defaults import SAMPLE_PRECISION
+from .metrics import (K_NN, NUM_CLASSES, collapsed_classes, entropy, fd, frechet_distance, gauss, knn_radii,
+                      nn_distances, precision_recall)
 from .runtime import atomic_save_numpy, atomic_write, resolve_device, resolve_precision, user_cache_dir
+from .samplefile import SampleFileError, load_samples  # noqa: F401  (SampleFileError: part of this API)
 
 log = logging.getLogger("ddpmlab.evaluate")
 
-K_NN = 3                    # Kynkäänniemi et al. 2019: k = 3
 DUP_PERCENTILE = 1.0        # near-duplicate: closer than the 1st percentile of real NN distances
 MODE_COLLAPSE_FRAC = 0.25   # flag when over 25% of samples have a near-duplicate (real: 1-3%)
-COLLAPSED_FRAC = 0.5        # a requested class is collapsed when > 50% go to other classes
 MISSING_SHARE = 0.25        # a class is missing when predicted for < 1/4 of a uniform share
 FLOOR_SEED = 0              # which real images make the floor: fixed, whatever the sampling seed
-NUM_CLASSES = 10
 INCEPTION_FILE = ("pt_inception-2015-12-05-6726825d.pth (the pytorch-fid GitHub releases, tag fid_weights; "
                   "used through torch-fidelity)")
 INCEPTION_HINT = (f"Inception FID not computed: pass --inception-weights {INCEPTION_FILE}; "
                   "the classifier metric below is the default")
 
 
-class SampleFileError(ConfigError):
-    """An .npz of samples that cannot be evaluated; the message says what was expected."""
-
-
-# ---------------------------------------------------------------------------------------------
-# input
-
-def load_samples(path, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """uint8 images (N, 1, 28, 28), int64 labels (N,) or None, and a note on the range assumed.
-    Accepts arr_0 (or `images`) as uint8 0..255, float in [0, 1] or float in [-1, 1], laid
-    out (N, 28, 28, 1) as the guided-diffusion evaluator writes it, or (N, 1, 28, 28)."""
-    path = Path(path)
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise SampleFileError(f"{path}: not a readable .npz file ({e}); truncated? write it again with "
-                              "`ddpmlab sample RUN --npz FILE` or np.savez(FILE, arr_0=images, arr_1=labels)") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise SampleFileError(f"{path}: a single array, not an .npz; save with np.savez(path, arr_0=images, arr_1=labels)")
-    with z:
-        img_key = next((k for k in ("arr_0", "images") if k in z.files), None)
-        if img_key is None:
-            raise SampleFileError(f"{path} holds no images: expected key arr_0 (or images), found {z.files or 'nothing'}")
-        lab_key = next((k for k in ("arr_1", "labels") if k in z.files), None)
-        try:
-            x = z[img_key]
-            y = z[lab_key] if lab_key else None
-        except ValueError as e:
-            if "allow_pickle" in str(e):
-                raise SampleFileError(f"{path}: {img_key}/{lab_key} are object arrays, which are never unpickled; "
-                                      "save numeric arrays: uint8 images and int64 labels") from None
-            raise SampleFileError(f"{path}: cannot read {img_key}/{lab_key} ({e})") from None
-        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-            raise SampleFileError(f"{path}: {img_key}/{lab_key} cannot be read ({e}); the file is truncated or "
-                                  "damaged: write it again") from None
-
-    grey = "the classifier metric is for grey 28x28 FashionMNIST-like images: (N, 28, 28, 1), (N, 1, 28, 28) or (N, 28, 28)"
-    if x.ndim == 3 and x.shape[1:] == (28, 28):
-        x = x[:, None]                                  # (N, 28, 28): grey without a channel axis
-    elif x.ndim != 4:
-        raise SampleFileError(f"{path}: {img_key} has shape {x.shape}; {grey}")
-    elif x.shape[1:] == (28, 28, 1):
-        x = x.transpose(0, 3, 1, 2)                     # NHWC -> NCHW
-    elif x.shape[1:] != (1, 28, 28):
-        rgb = 3 in (x.shape[1], x.shape[3])
-        raise SampleFileError(f"{path}: {img_key} has shape {x.shape}{' (colour)' if rgb else ''}; {grey}")
-    if x.shape[0] < 2:
-        raise SampleFileError(f"{path}: {x.shape[0]} image(s); the Fréchet distance needs at least 2")
-    images, note = _to_uint8(x, path, img_key)
-
-    labels = None
-    if y is not None:
-        if y.ndim != 1 or y.shape[0] != x.shape[0]:
-            raise SampleFileError(f"{path}: {lab_key} has shape {y.shape}; expected ({x.shape[0]},), one label per image")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise SampleFileError(f"{path}: {lab_key} has dtype {y.dtype}; expected integer class labels")
-        if y.min() < 0 or y.max() >= NUM_CLASSES:
-            raise SampleFileError(f"{path}: {lab_key} holds labels {y.min()}..{y.max()}; valid: 0..{NUM_CLASSES - 1}")
-        labels = torch.from_numpy(y.astype(np.int64))
-    if n is not None:
-        if n < 2:
-            raise ConfigError(f"--n must be >= 2, got {n}")
-        if n < images.shape[0]:
-            images, labels = images[:n], None if labels is None else labels[:n]
-        elif n > images.shape[0]:
-            note += f"; --n {n} asked but the file holds {images.shape[0]}: all used"
-    return images, labels, note
-
-
-def _to_uint8(x: np.ndarray, path, key) -> tuple[torch.Tensor, str]:
-    if x.dtype == np.uint8:
-        return torch.from_numpy(np.ascontiguousarray(x)), "uint8 0..255"
-    if np.issubdtype(x.dtype, np.integer):
-        if x.min() < 0 or x.max() > 255:
-            raise SampleFileError(f"{path}: integer {key} in {x.min()}..{x.max()}; expected 0..255")
-        return torch.from_numpy(x.astype(np.uint8)), f"{x.dtype} 0..255"
-    if not np.issubdtype(x.dtype, np.floating):
-        raise SampleFileError(f"{path}: {key} has dtype {x.dtype}; expected uint8 0..255 or float")
-    if not np.isfinite(x).all():
-        raise SampleFileError(f"{path}: {key} holds {np.count_nonzero(~np.isfinite(x))} NaN/inf values")
-    lo, hi, tol = float(x.min()), float(x.max()), 1e-3
-    t = torch.from_numpy(x.astype(np.float32))
-    if lo >= -tol and hi <= 1 + tol:
-        return to_uint8(t * 2 - 1), f"float, assumed [0, 1] (found {lo:.3g}..{hi:.3g})"
-    if lo >= -1 - tol and hi <= 1 + tol:
-        return to_uint8(t), f"float, assumed [-1, 1] (found {lo:.3g}..{hi:.3g})"
-    raise SampleFileError(f"{path}: float {key} in {lo:.3g}..{hi:.3g}; expected [0, 1] or [-1, 1]")
-
-
 # ---------------------------------------------------------------------------------------------
 # the reference: the classifier's view of the 10k test images, computed once per process
 
-class Reference:
+class TestSetReference:
+    """The classifier (weights file) and its view of the 10k FashionMNIST test images: features,
+    k-NN radii, Gaussian statistics overall and per class, its own accuracy."""
+
     def __init__(self, weights: Path, device="cpu"):
         self.weights = weights
         self.model = load_classifier(weights, device=device)
@@ -172,8 +88,8 @@ class Reference:
         correct = self.preds == self.labels
         self.acc = float(correct.mean())
         self.acc_per_class = [float(correct[self.labels == k].mean()) for k in range(NUM_CLASSES)]
-        self.stats = _gauss(self.feats)
-        self.class_stats = [_gauss(self.feats[self.labels == k]) for k in range(NUM_CLASSES)]
+        self.stats = gauss(self.feats)
+        self.class_stats = [gauss(self.feats[self.labels == k]) for k in range(NUM_CLASSES)]
         self._train = None
 
     def features(self, images_u8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -193,8 +109,9 @@ def eval_cache_dir() -> Path:
 
 def _cached_features(model, images_u8, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features, logits and k-NN radii (the real manifold) of a fixed image set, cached on disk
-    under the weights' hash: a second process starts in well under a second."""
-    path = eval_cache_dir() / f"{key}-k{K_NN}.npz"
+    under the classifier's hash, k and the ddpmlab version (the metric code): a second process
+    starts in well under a second, and a new classifier or metric never reuses stale numbers."""
+    path = eval_cache_dir() / f"{key}-k{K_NN}-v{__version__}.npz"
     try:
         with np.load(path) as z:
             return z["feats"].astype(np.float64), z["logits"], z["radii"]
@@ -212,74 +129,13 @@ def _cached_features(model, images_u8, key: str) -> tuple[np.ndarray, np.ndarray
 
 
 @lru_cache(maxsize=4)
-def _reference(weights: str, device: str) -> Reference:
-    return Reference(Path(weights), device)
+def _reference(weights: str, device: str) -> TestSetReference:
+    return TestSetReference(Path(weights), device)
 
 
-def reference(weights=None, device="cpu") -> Reference:
+def reference(weights=None, device="cpu") -> TestSetReference:
     """The classifier and the test-set features, computed once per process (and cached on disk)."""
     return _reference(str(Path(weights) if weights else PRETRAINED), str(device))
-
-
-# ---------------------------------------------------------------------------------------------
-# metrics
-
-def _gauss(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return feats.mean(0), np.cov(feats, rowvar=False)
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al. 2017; Dowson & Landau 1982)."""
-    with warnings.catch_warnings():                     # singular when N <= D (per class): expected
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-        if not np.isfinite(covmean).all():              # regularise, as pytorch-fid does
-            eps = np.eye(sigma1.shape[0]) * 1e-6
-            covmean = scipy.linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean.real))
-
-
-def _fd(feats: np.ndarray, ref: tuple) -> float | None:
-    return frechet_distance(*_gauss(feats), *ref) if feats.shape[0] >= 2 else None
-
-
-def _cdist(a: np.ndarray, b: np.ndarray, chunk: int = 2048):
-    """Row blocks of the Euclidean distance matrix, in float32 (distances of ~1..10 need no more;
-    float64 doubles the cost)."""
-    tb = torch.from_numpy(b).float()
-    for i in range(0, a.shape[0], chunk):
-        yield i, torch.cdist(torch.from_numpy(a[i:i + chunk]).float(), tb).double()
-
-
-def knn_radii(feats: np.ndarray, k: int = K_NN) -> np.ndarray:
-    """Distance of each point to its k-th nearest neighbour in the same set (itself excluded)."""
-    k = min(k, feats.shape[0] - 1)
-    return np.concatenate([d.kthvalue(k + 1, dim=1).values.numpy() for _, d in _cdist(feats, feats)])
-
-
-def _coverage(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> float:
-    """Fraction of points inside at least one ball (centre, radius)."""
-    r = torch.from_numpy(radii)
-    inside = [((d - r) <= 0).any(1) for _, d in _cdist(points, centres)]
-    return float(torch.cat(inside).double().mean())
-
-
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K_NN, real_radii=None) -> tuple[float, float]:
-    """Kynkäänniemi et al. 2019: precision = fakes inside the real k-NN manifold, recall =
-    reals inside the fake k-NN manifold."""
-    real_radii = knn_radii(real, k) if real_radii is None else real_radii
-    return (_coverage(fake, real, real_radii), _coverage(real, fake, knn_radii(fake, k)))
-
-
-def nn_distances(feats: np.ndarray) -> np.ndarray:
-    """Each point's distance to its nearest other point."""
-    return np.concatenate([d.kthvalue(2, dim=1).values.numpy() for _, d in _cdist(feats, feats)])
-
-
-def entropy(counts: np.ndarray) -> float:
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum()) + 0.0          # + 0.0: no "-0.000" for a single class
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,35 +152,18 @@ def _floor_indices(train_labels: np.ndarray, n: int, labels: np.ndarray | None, 
     return np.concatenate(idx)
 
 
-def _side(ref: Reference, feats, preds, labels, dup_threshold) -> dict:
+def _side(ref: TestSetReference, feats, preds, labels, dup_threshold) -> dict:
     """All metrics of one image set (samples or the floor) against the test images."""
     hist = np.bincount(preds, minlength=NUM_CLASSES)
     precision, recall = precision_recall(ref.feats, feats, real_radii=ref.radii)
-    out = {"fd": _fd(feats, ref.stats), "precision": precision, "recall": recall,
+    out = {"fd": fd(feats, ref.stats), "precision": precision, "recall": recall,
            "pred_hist": hist.tolist(), "pred_entropy": entropy(hist),
            "dup_frac": float((nn_distances(feats) < dup_threshold).mean())}
     if labels is not None:
-        out["per_class_fd"] = [_fd(feats[labels == k], ref.class_stats[k]) for k in range(NUM_CLASSES)]
+        out["per_class_fd"] = [fd(feats[labels == k], ref.class_stats[k]) for k in range(NUM_CLASSES)]
         out["cond_acc"] = float((preds == labels).mean())
         out["cond_acc_per_class"] = [float((preds[labels == k] == k).mean()) if (labels == k).any() else None
                                      for k in range(NUM_CLASSES)]
-    return out
-
-
-def collapsed_classes(preds: np.ndarray, labels: np.ndarray) -> list[dict]:
-    """Requested classes whose samples are mostly (> 50%) classified as something else, each with
-    the class they most often became."""
-    out = []
-    for k in range(NUM_CLASSES):
-        p = preds[labels == k]
-        if p.size == 0 or (p != k).mean() <= COLLAPSED_FRAC:
-            continue
-        counts = np.bincount(p, minlength=NUM_CLASSES)
-        counts[k] = 0
-        j = int(counts.argmax())
-        out.append({"class": k, "name": FASHION_CLASSES[k], "cond_acc": round(float((p == k).mean()), 4),
-                    "predicted_as": j, "predicted_name": FASHION_CLASSES[j],
-                    "fraction": round(float(counts[j] / p.size), 4)})
     return out
 
 
@@ -356,7 +195,7 @@ def evaluate_images(images_u8: torch.Tensor, labels: torch.Tensor | None = None,
     feats, preds = ref.features(images_u8)
     floor_feats, floor_preds = ref.features(train.images[torch.from_numpy(floor_idx)])
     floor_y = None if y is None else train.labels.numpy()[floor_idx]
-    # small LAPACK calls (sqrtm of 128x128): BLAS threads only fight torch's (10 ms vs 200 ms each)
+    # small LAPACK calls (sqrtm of 128x128): extra BLAS threads only fight torch's for the cores
     with threadpool_limits(1, user_api="blas"):
         s = _side(ref, feats, preds, y, dup_threshold)
         f = _side(ref, floor_feats, floor_preds, floor_y, dup_threshold)
@@ -377,7 +216,7 @@ def evaluate_images(images_u8: torch.Tensor, labels: torch.Tensor | None = None,
         "precision": s["precision"], "recall": s["recall"],
         "precision_floor": f["precision"], "recall_floor": f["recall"], "pr_k": K_NN,
         "dup_frac": s["dup_frac"], "dup_frac_floor": f["dup_frac"], "dup_threshold": dup_threshold,
-        "collapsed_classes": collapsed_classes(preds, y) if y is not None else [],
+        "collapsed_classes": collapsed_classes(preds, y, FASHION_CLASSES) if y is not None else [],
         "missing_classes": missing,
         "mode_collapse": s["dup_frac"] > MODE_COLLAPSE_FRAC,
         "inception_fid": None, "inception_fid_floor": None, "inception_note": INCEPTION_HINT,
@@ -514,50 +353,11 @@ def inception_fid(images_u8: torch.Tensor, floor_u8: torch.Tensor, weights, devi
         test = feats(load_fashion_mnist("test").images)
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, feats=test)
-    ref = _gauss(test)
-    return {"inception_fid": frechet_distance(*_gauss(feats(images_u8)), *ref),
-            "inception_fid_floor": frechet_distance(*_gauss(feats(floor_u8)), *ref),
+    ref = gauss(test)
+    return {"inception_fid": frechet_distance(*gauss(feats(images_u8)), *ref),
+            "inception_fid_floor": frechet_distance(*gauss(feats(floor_u8)), *ref),
             "inception_note": f"Inception FID at 299x299 with {weights.name}"}
 
 
 # ---------------------------------------------------------------------------------------------
 # the table
-
-def _f(v, fmt="{:.3f}") -> str:
-    return "-" if v is None else fmt.format(v)
-
-
-def format_table(r: dict) -> str:
-    names = r["class_names"]
-    lines = [f"{r['source']}: n={r['n']}, sampler={r['sampler'] or '-'}, steps={r['steps'] or '-'}, "
-             f"guidance={_f(r['guidance'], '{:g}')}"
-             f"{', network in ' + r['sampling_precision'] if r.get('sampling_precision') else ''}, input {r['input_range']}",
-             f"classifier: {r['classifier']['feature_dim']}-d features, accuracy on real test images "
-             f"{r['classifier_test_acc']:.4f}",
-             *([] if r["inception_fid"] is not None else [r["inception_note"]]),
-             "",
-             f"{'metric':32s} {'samples':>10s} {'real (floor)':>13s}",
-             f"{'FD, classifier features':32s} {_f(r['fd']):>10s} {_f(r['fd_floor']):>13s}"]
-    if r["inception_fid"] is not None:
-        lines.append(f"{'Inception FID (299x299)':32s} {_f(r['inception_fid']):>10s} {_f(r['inception_fid_floor']):>13s}")
-    lines += [
-        f"{'precision (k=3)':32s} {_f(r['precision']):>10s} {_f(r['precision_floor']):>13s}",
-        f"{'recall (k=3)':32s} {_f(r['recall']):>10s} {_f(r['recall_floor']):>13s}",
-        f"{'cond. accuracy (real: test acc)':32s} {_f(r['cond_acc']):>10s} {_f(r['classifier_test_acc']):>13s}",
-        f"{'class entropy, nats (max 2.303)':32s} {_f(r['pred_entropy']):>10s} {_f(r['pred_entropy_floor']):>13s}",
-        f"{'near-duplicate fraction':32s} {_f(r['dup_frac']):>10s} {_f(r['dup_frac_floor']):>13s}",
-        "",
-        f"{'class':12s} {'predicted':>9s} {'FD':>8s} {'floor':>7s} {'cond_acc':>8s} {'real acc':>8s}"]
-    for k, name in enumerate(names):
-        pc = r["per_class_fd"] or [None] * len(names)
-        pf = r["per_class_fd_floor"] or [None] * len(names)
-        ca = r["cond_acc_per_class"] or [None] * len(names)
-        lines.append(f"{name:12s} {r['pred_hist'][k] / r['n']:>9.1%} {_f(pc[k], '{:.2f}'):>8s} "
-                     f"{_f(pf[k], '{:.2f}'):>7s} {_f(ca[k]):>8s} {r['classifier_test_acc_per_class'][k]:>8.3f}")
-    collapsed = ", ".join(f"{c['name']} -> {c['predicted_name']} ({c['fraction']:.0%})" for c in r["collapsed_classes"])
-    lines += ["",
-              f"collapsed classes: {collapsed or ('none' if r['labelled'] else 'n/a (the samples carry no labels)')}",
-              f"missing classes:   {', '.join(names[k] for k in r['missing_classes']) or 'none'}",
-              f"mode collapse:     {'YES' if r['mode_collapse'] else 'no'} ({r['dup_frac']:.1%} of samples have a "
-              f"near-duplicate; flagged above {MODE_COLLAPSE_FRAC:.0%}, real data {r['dup_frac_floor']:.1%})"]
-    return "\n".join(lines)

@@ -18,10 +18,13 @@ Pure functions of tensors: nothing here knows of models or runs.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+log = logging.getLogger("ddpmlab.train")
 
 DIVERSITY_FLOOR = 0.2       # below this fraction of real diversity: collapse
 SEPARATION_FLOOR = 0.2      # below this fraction of real between-class distance: labels ignored
@@ -53,23 +56,23 @@ def class_mean_separation(x: torch.Tensor, labels: torch.Tensor | None) -> float
 
 
 @dataclass
-class Reference:
+class SnapshotReference:
     """The same statistics of real images of the snapshot's classes, computed once per run."""
     within: float
     separation: float | None
 
 
 def reference(images: torch.Tensor, labels: torch.Tensor | None, classes: torch.Tensor | None,
-              per_class: int) -> Reference:
+              per_class: int) -> SnapshotReference:
     """Real images (N, C, H, W), uint8 or in [-1, 1], on any device: for each class of `classes`
     (None: unconditional, take 4 * per_class images) the first `per_class` of that class, the
     snapshot's layout. Only the chosen images are converted (a whole dataset need not fit as float)."""
     if classes is None or labels is None:
         x = _as_float(images[:4 * per_class])
-        return Reference(within_class_distance(x, None), None)
+        return SnapshotReference(within_class_distance(x, None), None)
     idx = torch.cat([torch.nonzero(labels == k).flatten()[:per_class] for k in classes.unique().tolist()])
     x, y = _as_float(images[idx]), labels[idx].cpu()
-    return Reference(within_class_distance(x, y), class_mean_separation(x, y))
+    return SnapshotReference(within_class_distance(x, y), class_mean_separation(x, y))
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -83,7 +86,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def snapshot_scores(samples: torch.Tensor, labels: torch.Tensor | None, ref: Reference,
+def snapshot_scores(samples: torch.Tensor, labels: torch.Tensor | None, ref: SnapshotReference,
                     classify: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
     """Scores of snapshot samples (N, C, H, W) in [-1, 1] drawn for `labels` (None:
     unconditional). classify: images in [-1, 1] -> logits, or None."""
@@ -110,3 +113,30 @@ def collapse_symptoms(scores: dict, num_classes: int = 0) -> list[str]:
         out.append(f"only {scores['classes_predicted']} of {num_classes} classes are generated "
                    f"(label adherence {scores['adherence']:.2f})")
     return out
+
+
+class CollapseWatch:
+    """Scores every per-epoch snapshot of a run against real images of the same classes, and
+    warns, naming the epoch and the symptom, when the samples collapse. The reference statistics
+    and the classifier are made on first use."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, num_classes: int, per_class: int,
+                 classifier: Callable[[], Callable | None] | None = None):
+        self.images, self.labels, self.num_classes, self.per_class = images, labels, num_classes, per_class
+        self.conditional = bool(num_classes and labels is not None)
+        self.snapshot_labels = (torch.arange(num_classes).repeat_interleave(per_class)
+                                if self.conditional else None)
+        self._make_classifier = classifier
+        self._ref = None
+        self._classify = None
+
+    def __call__(self, samples: torch.Tensor, epoch: int, where) -> dict:
+        if self._ref is None:
+            self._ref = reference(self.images, self.labels if self.conditional else None, self.snapshot_labels,
+                                  self.per_class)
+            if self.conditional and self._make_classifier is not None:
+                self._classify = self._make_classifier()
+        scores = snapshot_scores(samples, self.snapshot_labels, self._ref, self._classify)
+        for symptom in collapse_symptoms(scores, self.num_classes if self.conditional else 0):
+            log.warning("epoch %d: %s (see %s)", epoch, symptom, where)
+        return scores

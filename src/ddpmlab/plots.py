@@ -59,7 +59,7 @@ def _savefig(fig, path) -> None:
     plt.close(fig)
 
 
-def save_grid(images: torch.Tensor, path, ncol: int, row_labels=None, title: str | None = None) -> None:
+def write_grid(images: torch.Tensor, path, ncol: int, row_labels=None, title: str | None = None) -> None:
     """A sample grid; with row_labels, one labelled row per class."""
     arr = tile(images, ncol)
     nrow = math.ceil(images.shape[0] / ncol)

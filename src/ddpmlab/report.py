@@ -23,6 +23,7 @@ from PIL import Image  # noqa: E402
 from .config import ConfigError  # noqa: E402
 from .evaluate import cached_evaluate_run  # noqa: E402
 from .models import build_model, count_parameters  # noqa: E402
+from .render import parse_snapshot_name  # noqa: E402
 from .run import load_config, read_metrics, resolve_run  # noqa: E402
 from .runtime import atomic_write  # noqa: E402
 
@@ -46,7 +47,7 @@ SECTIONS = {
                    "BatchNorm."),
     "unet-small": ("UNet sized for a CPU", "unet-block's design with 32 channels and one block per level: "
                    "quality per CPU FLOP."),
-    "unet-faces64": ("Faces, 64x64", "A 45M-parameter UNet on a folder of face images."),
+    "unet-faces64": ("Faces, 64x64", "A 43M-parameter UNet on a folder of face images."),
 }
 ORDER = list(SECTIONS)
 
@@ -87,9 +88,8 @@ def run_summary(run_dir: Path) -> dict:
 def snapshot_strip(run_dir: Path, out: Path, label: int = 0, max_rows: int = 10) -> Path | None:
     """One class across epochs, one row per epoch, side by side with the epoch number."""
     snaps = run_dir / "snapshots"
-    pattern = "-class{}.png".format(label)
-    files = sorted((p for p in snaps.glob("epoch*.png") if p.name.endswith(pattern) or "-class" not in p.name),
-                   key=lambda p: int(p.name[5:].split("-")[0].split(".")[0])) if snaps.is_dir() else []
+    named = [(parse_snapshot_name(p.name), p) for p in snaps.glob("epoch*.png")] if snaps.is_dir() else []
+    files = [p for (epoch, k), p in sorted((e, p) for e, p in named if e is not None and e[1] in (label, None))]
     if not files:
         return None
     if len(files) > max_rows:   # keep the first and last, evenly in between
@@ -228,23 +228,46 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
         s = summaries[p]
         blocks.append(Block("text", f"Run `{d}`: {s['params']:,} parameters, {s['epochs']} epochs, "
                             f"{s['train_images']:,} training images in {s['train_seconds'] / 60:.1f} min."))
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        drawn = draw_missing_figures(d, fig_dir, p)     # a shipped model has no sample grid or process on disk
         for src, caption in ((d / "loss.png", "loss"), (d / "samples" / "grid.png", "samples")):
+            src = drawn.get(caption, src)
             if src.is_file():
                 dst = fig_dir / f"{p}-{caption}.png"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
+                if src != dst:
+                    shutil.copyfile(src, dst)
                 blocks.append(Block("image", caption, path=dst))
         strip = snapshot_strip(d, fig_dir / f"{p}-snapshots.png", label=3 if s["conditional"] else 0)
         if strip:
             blocks.append(Block("image", "snapshots across epochs", path=strip))
-        if (d / "process.png").is_file():
+        src = drawn.get("process", d / "process.png")
+        if src.is_file():
             dst = fig_dir / f"{p}-process.png"
-            shutil.copyfile(d / "process.png", dst)
+            if src != dst:
+                shutil.copyfile(src, dst)
             if p == "resnet-class":   # the write-up's "generation process visualized" section
                 blocks.append(Block("heading", "The generation process", level=3))
             blocks.append(Block("image", "generation process: x_t from noise to image, predicted x0 beneath",
                                 path=dst))
     return blocks
+
+
+def draw_missing_figures(run_dir: Path, fig_dir: Path, name: str) -> dict:
+    """Draw the sample grid and the generation process of a run that has none on disk (a shipped
+    model ships without them), into fig_dir, with the run's own sampling settings."""
+    missing = {k: fig_dir / f"{name}-{k}.png" for k, f in (("samples", run_dir / "samples" / "grid.png"),
+                                                           ("process", run_dir / "process.png")) if not f.is_file()}
+    if not missing:
+        return {}
+    from .sample import load_run, process, sample, save_grid
+    run = load_run(run_dir)
+    if "samples" in missing:
+        x, y = sample(run, 8 * max(1, run.num_classes) if run.num_classes else 64,
+                      labels="all" if run.num_classes else None)
+        save_grid(run, x, y, missing["samples"])
+    if "process" in missing:
+        process(run, missing["process"], n=4 if run.config.model.image_size <= 32 else 2)
+    return missing
 
 
 def to_markdown(blocks: list[Block], out: Path) -> str:

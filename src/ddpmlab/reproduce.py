@@ -3,8 +3,8 @@ write the report. Interrupted, it resumes the unfinished run and skips finished 
 
 Budgets:
   full   the write-up's recipe: each preset as defined, 20 epochs of FashionMNIST.
-  quick  sized for ~30 minutes on a 2-core CPU: the same designs at 32 channels, 3 epochs of
-         the first 5,000 training images (~234 steps of 64), evaluated on 500 samples.
+  quick  a smoke run (minutes on a 2-core CPU; README gives the measured time): the same designs at
+         32 channels, 3 epochs of the first 5,000 training images, evaluated on 500 samples.
 """
 from __future__ import annotations
 

@@ -144,6 +144,41 @@ def load_model(path_or_name, ema: bool = True, device="cpu") -> tuple[torch.nn.M
     return model.to(device).eval(), rc
 
 
+class RunLog:
+    """metrics.jsonl, one JSON object per logged step, epoch and event, and optionally the same
+    scalars in TensorBoard (RUN/tensorboard). Written by rank 0 only."""
+
+    SCALARS = ("loss", "lr", "img_per_s", "diversity", "label_separation", "adherence")
+
+    def __init__(self, run_dir, tensorboard: bool = False):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise C.ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def append(self, **m) -> None:
+        if self.tb is not None and m["kind"] in ("step", "epoch"):
+            for k in self.SCALARS:
+                if isinstance(m.get(k), (int, float)):
+                    self.tb.add_scalar(f"{m['kind']}/{k}", m[k], m["step"])
+        with open(self.path, "a") as f:
+            f.write(json.dumps(m) + "\n")
+
+    def keep_until(self, step: int) -> None:
+        """Drop the lines logged after `step` (a crash between a log line and the checkpoint) and a
+        torn last line."""
+        kept = [m for m in read_metrics(self.path.parent) if m.get("step", 0) <= step]
+        text = "".join(json.dumps(m) + "\n" for m in kept)
+        atomic_write(self.path, lambda p: p.write_text(text))
+
+    def reset(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """metrics.jsonl; a last line torn by a crash is dropped with a warning, a damaged line
     elsewhere is a RunError."""

@@ -34,11 +34,9 @@ def keep_freed_memory() -> bool:
 
     A training step allocates and frees the same few hundred tensors every time. By default glibc
     serves big blocks with fresh mmap'd pages, above a threshold it adapts as it goes, and trims
-    the heap once they are freed, so every step page-faults much of its activations in again:
-    about 45,000 minor faults a step for unet-block on the CPU. Serving every block under 32 MiB
-    from the heap and never trimming it makes the steady state fault-free (unet-block and
-    resnet-basic train ~5% faster on the bf16 CPU, benchmarks/allocator.py; 1000 samples of the
-    shipped model take 81 s instead of 93 s). The price: the process
+    the heap once they are freed, so every step page-faults much of its activations in again.
+    Serving every block under 32 MiB from the heap and never trimming it makes the steady state
+    fault-free (benchmarks/allocator.py measures the gain; README quotes it). The price: the process
     keeps the memory of its peak, as PyTorch's CUDA allocator does on GPUs. The command line calls
     this once at start. Linux with glibc only; elsewhere, or with DDPMLAB_KEEP_FREED_MEMORY=0, it
     changes nothing and returns False.
@@ -56,8 +54,7 @@ def keep_freed_memory() -> bool:
 
 def cpu_has_native_bf16() -> bool:
     """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX). Without it, oneDNN
-    emulates bf16 and autocast is ~10x slower than fp32 (measured on an AVX2 EPYC:
-    resnet-noise 13.4 img/s fp32 vs 1.4 img/s bf16)."""
+    emulates bf16 and autocast is many times slower than fp32 (README, "Speed on a CPU")."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -78,10 +75,9 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 
 def resolve_channels_last(name: str, device: torch.device, precision: str = "fp32", arch: str = "") -> bool:
-    """channels_last pays on CUDA tensor cores. On CPUs (benchmarks/preset_throughput.py, idle, 2
-    threads) it measured 0.91-1.01x of contiguous in fp32 on an AVX2 EPYC; in bf16 on an
-    AVX512-BF16 EPYC, 1.11-1.23x for the full-resolution ResNets but 0.74-0.80x for the UNets.
-    So `auto` takes it on CUDA, and on a CPU for the ResNets in bf16 only."""
+    """channels_last pays on CUDA tensor cores. On CPUs (benchmarks/preset_throughput.py; README
+    has the table) it gained nothing in fp32, and in bf16 it sped up the full-resolution ResNets
+    but slowed the UNets. So `auto` takes it on CUDA, and on a CPU for the ResNets in bf16 only."""
     if name in ("on", "off"):
         return name == "on"
     return device.type == "cuda" or (device.type == "cpu" and precision == "bf16" and arch == "resnet")

@@ -11,17 +11,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import plots, render
-from .config import ConfigError
-from .data import to_uint8
-from .config import check_guidance_interval
+from .config import ConfigError, check_guidance_interval
 from .defaults import DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS, SAMPLE_PRECISION
 from .diffusion import Schedule, make_schedule
 from .run import RunConfig, load_model, resolve_run
-from .runtime import atomic_save_numpy, resolve_device, resolve_precision
+from .runtime import resolve_device, resolve_precision
+from .samplefile import save_npz  # noqa: F401  (part of this module's API: sample, then save_npz)
 
 log = logging.getLogger("ddpmlab.sample")
 
@@ -51,8 +49,6 @@ def load_run(path_or_name, device: str = "auto", ema: bool = True, precision: st
 
 
 def _labels(run: LoadedRun, n: int, labels) -> torch.Tensor | None:
-    if labels == "all":
-        return render.make_labels(run.num_classes, n, all_labels=True)
     return render.make_labels(run.num_classes, n, labels)
 
 
@@ -86,20 +82,10 @@ def sample(run: LoadedRun, n: int, *, labels=None, sampler: str | None = None, s
         log.warning("--guidance %g: %s was trained without label dropout (cond_drop 0), so its unconditional "
                     "branch (the null label) is untrained and guided samples are unreliable; train with "
                     "--cond-drop 0.1", guidance, run.path)
-    x = render.sample(run.model, run.schedule, run.config.model, n, labels=y, seed=seed, sampler=sampler,
+    x = render.draw(run.model, run.schedule, run.config.model, n, labels=y, seed=seed, sampler=sampler,
                       steps=steps, guidance=guidance, eta=eta, device=run.device, precision=run.precision,
                       spacing=spacing, guidance_interval=interval)
     return x, y
-
-
-def save_npz(path, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-    """The guided-diffusion evaluator's format: arr_0 uint8 (N, H, W, C), arr_1 int64 labels."""
-    arrays = {"arr_0": to_uint8(images).permute(0, 2, 3, 1).numpy()}
-    if labels is not None:
-        arrays["arr_1"] = labels.numpy().astype(np.int64)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_numpy(path, np.savez, **arrays)
 
 
 def save_grid(run: LoadedRun, images: torch.Tensor, labels, path) -> None:
@@ -109,10 +95,10 @@ def save_grid(run: LoadedRun, images: torch.Tensor, labels, path) -> None:
         counts = torch.bincount(labels, minlength=run.num_classes)
         present = [k for k in range(run.num_classes) if counts[k] > 0]
         if len(present) > 1 and int(counts[present].min()) == int(counts[present].max()):
-            names = [render.class_names(run.num_classes)[k] for k in present]
-            plots.save_grid(images[order], path, ncol=int(counts[present[0]]), row_labels=names)
+            names = [run.config.class_names[k] for k in present]
+            plots.write_grid(images[order], path, ncol=int(counts[present[0]]), row_labels=names)
             return
-    plots.save_grid(images, path, ncol=min(10, math.ceil(math.sqrt(images.shape[0]))))
+    plots.write_grid(images, path, ncol=min(10, math.ceil(math.sqrt(images.shape[0]))))
 
 
 def process(run: LoadedRun, out, *, label: int | None = None, n: int = 4, sampler: str | None = None,
@@ -123,5 +109,6 @@ def process(run: LoadedRun, out, *, label: int | None = None, n: int = 4, sample
                                                                     spacing, guidance_interval)
     render.process_figure(run.model, run.schedule, run.config.model, out, n=n, label=label, seed=seed,
                           sampler=sampler, steps=steps, guidance=guidance, device=run.device, precision=run.precision,
+                          class_names=run.config.class_names,
                           spacing=spacing, guidance_interval=interval)
     return Path(out)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import math
 import signal
@@ -27,9 +26,8 @@ from . import monitor, plots, render
 from .data import FASHION_CLASSES, ImageSet, load_dataset, to_model_range
 from .diffusion import loss_fn, make_schedule
 from .models import build_model, count_parameters
-from .run import (RunConfig, describe_run, load_config, load_weights, read_metrics, save_config,
-                  state_tensors)
-from .runtime import (atomic_write, autocast, init_distributed, resolve_channels_last, resolve_device,
+from .run import RunConfig, RunLog, describe_run, load_config, load_weights, read_metrics, save_config
+from .runtime import (autocast, init_distributed, resolve_channels_last, resolve_device,
                       resolve_precision)
 
 log = logging.getLogger("ddpmlab.train")
@@ -144,15 +142,8 @@ class Trainer:
             self.model = self.ddp.module
         if tc.compile:
             self.ddp = torch.compile(self.ddp)
-        self.tb = None
-        if tc.tensorboard and self.rank == 0:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise C.ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-        # fused: one kernel for all parameters instead of a loop of small ops; 16 -> 6 ms a step
-        # for unet-block's 9.2M parameters on the 2-core CPU
+        self.runlog = RunLog(self.run_dir, tc.tensorboard) if self.rank == 0 else None
+        # fused: one kernel for all parameters instead of a loop of small ops (README, "Speed on a CPU")
         self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=self.device.type in ("cpu", "cuda"))
         self.plateau = self.make_plateau()
         self.gen = torch.Generator(self.device).manual_seed(tc.seed + 1_000_003 * self.rank)  # t, noise, label drop
@@ -166,8 +157,8 @@ class Trainer:
         self.interrupted = False
         self.stop_agreed = False        # distributed: all ranks stop at the same step
         self.postfix = {}               # collapse scores of the last epoch, shown on the progress bar
-        self._monitor_ref = None        # real-image statistics for the collapse scores, computed once
-        self._classify = None           # the evaluation classifier for the adherence score, loaded with it
+        self.watch = monitor.CollapseWatch(self.images, self.labels, rc.model.num_classes, tc.snapshot_per_class,
+                                           classifier=lambda: snapshot_classifier(self.class_names))
         self.bar = None                 # the progress bar while fit() runs
         self.compile_s = None           # torch.compile: seconds of the first step, compilation included
         self.last_save = time.monotonic()
@@ -205,19 +196,13 @@ class Trainer:
         self.last_save = time.monotonic()
         if self.rank != 0:
             return
-        import io
-
-        from safetensors.torch import save
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        files = {"model.safetensors": save(state_tensors(self.model)),
-                 "ema.safetensors": save(state_tensors(self.ema.model)), "state.pt": buf.getvalue()}
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.run_dir, self.rc)
         except OSError as e:
             raise checkpoint.disk_error(e, self.run_dir, f"{self.run_dir}/config.json") from None
-        checkpoint.write(self.run_dir, self.step, files, meta={"epoch": self.epoch, "batch_pos": self.batch_pos})
+        checkpoint.save_training(self.run_dir, self.step, self.model, self.ema.model, state,
+                                 meta={"epoch": self.epoch, "batch_pos": self.batch_pos})
 
     def load(self) -> None:
         load_weights(self.model, self.run_dir, "model.safetensors")
@@ -237,21 +222,11 @@ class Trainer:
         self.perm_gen.set_state(s["perm_gen"])
         if self.rank != 0:
             return
-        # drop log lines written after this checkpoint (a crash between log and save)
-        kept = [m for m in read_metrics(self.run_dir) if m.get("step", 0) <= self.step]
-        text = "".join(json.dumps(m) + "\n" for m in kept)
-        atomic_write(self.run_dir / "metrics.jsonl", lambda p: p.write_text(text))
+        self.runlog.keep_until(self.step)   # lines logged after this checkpoint, by a run that then crashed
 
-    # ------------------------------------------------------------------ logging
     def log_metrics(self, **m) -> None:
-        if self.rank != 0:
-            return
-        if self.tb is not None and m["kind"] in ("step", "epoch"):
-            for k in ("loss", "lr", "img_per_s", "diversity", "label_separation", "adherence"):
-                if isinstance(m.get(k), (int, float)):
-                    self.tb.add_scalar(f"{m['kind']}/{k}", m[k], m["step"])
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(m) + "\n")
+        if self.runlog is not None:
+            self.runlog.append(**m)
 
     def lr(self) -> float:
         return self.opt.param_groups[0]["lr"]
@@ -317,7 +292,7 @@ class Trainer:
             if removed:
                 log.info("removed %s: left by an interrupted checkpoint", ", ".join(sorted(removed)))
             if self.step == 0:              # a fresh run: no log of an earlier attempt survives
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+                self.runlog.reset()
             save_config(self.run_dir, self.rc)
         self.last_save = time.monotonic()
         total = tc.epochs * self.batches_per_epoch
@@ -432,66 +407,77 @@ class Trainer:
             self.plateau.step(epoch_loss)
         self.epoch += 1
         self.batch_pos = 0
-        tc = self.rc.train
         scores = {}
-        if tc.snapshot_steps and self.rank == 0:
-            x = render.snapshots(self.ema.model, self.schedule, self.rc.model, self.run_dir / "snapshots",
-                                 self.epoch, per_class=tc.snapshot_per_class, steps=tc.snapshot_steps,
-                                 seed=tc.seed, device=self.device)
-            scores = self.collapse_scores(x)
-            if self.tb is not None:
-                self.tb.add_image("snapshots", plots.tile(x, tc.snapshot_per_class), self.epoch, dataformats="HWC")
+        if self.rank == 0:
+            for work in END_OF_EPOCH:
+                scores.update(work(self) or {})
         self.log_metrics(kind="epoch", step=self.step, epoch=self.epoch, loss=epoch_loss, lr=self.lr(),
                          img_per_s=round(self.epoch_imgs / seconds, 2), seconds=round(seconds, 1), **scores)
         log.info("epoch %d: loss %.4f, lr %.1e, %.1f img/s%s", self.epoch, epoch_loss, self.lr(),
                  self.epoch_imgs / seconds, "".join(f", {k} {v}" for k, v in scores.items()))
         self.save()
         if self.rank == 0:
-            plots.plot_loss(read_metrics(self.run_dir), self.run_dir / "loss.png",
-                            title=f"{self.rc.preset}: training loss")
-
-    def collapse_scores(self, samples: torch.Tensor) -> dict:
-        """Diversity / label separation (/ adherence) of the snapshot samples, against real images
-        of the same classes; a warning naming the epoch and the symptom when they collapse."""
-        tc, cfg = self.rc.train, self.rc.model
-        conditional = bool(cfg.num_classes and self.labels is not None)
-        labels = torch.arange(cfg.num_classes).repeat_interleave(tc.snapshot_per_class) if conditional else None
-        if self._monitor_ref is None:
-            self._monitor_ref = monitor.reference(self.images, self.labels if conditional else None, labels,
-                                                  tc.snapshot_per_class)
-            self._classify = self._snapshot_classifier() if conditional else None
-        scores = monitor.snapshot_scores(samples, labels, self._monitor_ref, self._classify)
-        for symptom in monitor.collapse_symptoms(scores, cfg.num_classes if conditional else 0):
-            log.warning("epoch %d: %s (see %s)", self.epoch, symptom, self.run_dir / "snapshots")
-        short = {"diversity": "div", "label_separation": "sep", "adherence": "adh"}
-        self.postfix = {short[k]: f"{v:.2f}" for k, v in scores.items() if k in short}
-        if self.bar is not None:
-            self.bar.set_postfix(epoch=self.epoch, **self.postfix)
-        return scores
-
-    def _snapshot_classifier(self):
-        """The FashionMNIST evaluation classifier (images in [-1, 1] -> logits) when the data is
-        FashionMNIST and its weights exist; None otherwise (then no adherence score)."""
-        if tuple(self.class_names) != FASHION_CLASSES:
-            return None
-        try:
-            from .classifier import load_classifier
-            clf = load_classifier(device="cpu")
-        except (ImportError, C.ConfigError, OSError) as e:
-            log.info("no label-adherence score: %s", e)
-            return None
-        return lambda x: clf(x.float().cpu())
+            loss_figure(self)
 
     def finish_figures(self) -> None:
-        """Loss curve, a final sample grid and the generation process, from the EMA weights."""
-        tc = self.rc.train
-        plots.plot_loss(read_metrics(self.run_dir), self.run_dir / "loss.png", title=f"{self.rc.preset}: training loss")
-        steps = max(tc.snapshot_steps, 10)
-        render.sample_grid(self.ema.model, self.schedule, self.rc.model, self.run_dir / "samples" / "grid.png",
-                           per_class=8, seed=tc.seed, steps=steps, device=self.device)
-        render.process_figure(self.ema.model, self.schedule, self.rc.model, self.run_dir / "process.png",
-                              n=4 if self.rc.model.image_size <= 32 else 2, seed=tc.seed, steps=steps,
-                              device=self.device)
+        for work in END_OF_TRAINING:
+            work(self)
+
+
+# ---------------------------------------------------------------------- end-of-epoch and final work
+# Plain functions of the trainer (rank 0 only), run in order; the epoch's ones return scores for
+# its metrics line.
+
+def snapshots_and_collapse_scores(tr: Trainer) -> dict:
+    """Per-epoch snapshots from fixed noise (snapshots/epochE-classK.png), scored against real
+    images of the same classes; a warning naming the epoch when they collapse."""
+    tc = tr.rc.train
+    if not tc.snapshot_steps:
+        return {}
+    x = render.snapshots(tr.ema.model, tr.schedule, tr.rc.model, tr.run_dir / "snapshots", tr.epoch,
+                         per_class=tc.snapshot_per_class, steps=tc.snapshot_steps, seed=tc.seed, device=tr.device)
+    scores = tr.watch(x, tr.epoch, tr.run_dir / "snapshots")
+    short = {"diversity": "div", "label_separation": "sep", "adherence": "adh"}
+    tr.postfix = {short[k]: f"{v:.2f}" for k, v in scores.items() if k in short}
+    if tr.bar is not None:
+        tr.bar.set_postfix(epoch=tr.epoch, **tr.postfix)
+    if tr.runlog.tb is not None:
+        tr.runlog.tb.add_image("snapshots", plots.tile(x, tc.snapshot_per_class), tr.epoch, dataformats="HWC")
+    return scores
+
+
+def loss_figure(tr: Trainer) -> None:
+    plots.plot_loss(read_metrics(tr.run_dir), tr.run_dir / "loss.png", title=f"{tr.rc.preset}: training loss")
+
+
+def final_sample_grid(tr: Trainer) -> None:
+    render.sample_grid(tr.ema.model, tr.schedule, tr.rc.model, tr.run_dir / "samples" / "grid.png", per_class=8,
+                       seed=tr.rc.train.seed, steps=max(tr.rc.train.snapshot_steps, 10), device=tr.device,
+                       class_names=tr.class_names)
+
+
+def final_process_figure(tr: Trainer) -> None:
+    render.process_figure(tr.ema.model, tr.schedule, tr.rc.model, tr.run_dir / "process.png",
+                          n=4 if tr.rc.model.image_size <= 32 else 2, seed=tr.rc.train.seed,
+                          steps=max(tr.rc.train.snapshot_steps, 10), device=tr.device, class_names=tr.class_names)
+
+
+END_OF_EPOCH = (snapshots_and_collapse_scores,)
+END_OF_TRAINING = (loss_figure, final_sample_grid, final_process_figure)
+
+
+def snapshot_classifier(class_names):
+    """The FashionMNIST evaluation classifier (images in [-1, 1] -> logits) when the data is
+    FashionMNIST and its weights exist; None otherwise (then no adherence score)."""
+    if tuple(class_names) != FASHION_CLASSES:
+        return None
+    try:
+        from .classifier import load_classifier
+        clf = load_classifier(device="cpu")
+    except (ImportError, C.ConfigError, OSError) as e:
+        log.info("no label-adherence score: %s", e)
+        return None
+    return lambda x: clf(x.float().cpu())
 
 
 def train(run_dir, rc: RunConfig | None = None, *, resume: bool = False, data: ImageSet | None = None,
