@@ -52,20 +52,9 @@ def test_ddpm_trajectory_matches_diffusers(schedule, steps):
                         clip_sample=True, variance_type="fixed_small", timestep_spacing="trailing")
     ours = same_tables(ref)
     ref.set_timesteps(steps)
-    ts = make_timesteps(1000, steps)
-    assert ts == ref.timesteps.tolist()
-    x_ref = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    g = torch.Generator().manual_seed(2)
-    traj_ref = []
-    for t in ref.timesteps:
-        x_ref = ref.step(dummy_eps(x_ref, t.expand(4)), t, x_ref, generator=g).prev_sample
-        traj_ref.append(x_ref)
-    g = torch.Generator().manual_seed(2)
-    traj = []
-    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    ddpm(dummy_eps, ours, x, ts, noise=lambda shape: torch.randn(shape, generator=g),
-         callback=lambda i, t, xt, x0: traj.append(xt))
-    assert len(traj) == len(traj_ref)
+    assert make_timesteps(1000, steps) == ref.timesteps.tolist()
+    traj, traj_ref = trajectories(ref, ours, ddpm, steps)
+    assert len(traj) == len(traj_ref) == steps
     for a, b in zip(traj, traj_ref):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
@@ -77,23 +66,33 @@ def test_ddim_trajectory_matches_diffusers(eta, steps):
                         timestep_spacing="trailing", set_alpha_to_one=True)
     ours = same_tables(ref)
     ref.set_timesteps(steps)
-    ts = make_timesteps(1000, steps)
-    assert ts == ref.timesteps.tolist()
+    assert make_timesteps(1000, steps) == ref.timesteps.tolist()
+    traj, traj_ref = ddim_trajectories(ref, ours, steps, eta)
+    assert len(traj) == len(traj_ref) == steps
+    for a, b in zip(traj, traj_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def trajectories(ref, ours, sampler, steps: int, ref_kw=None, our_kw=None):
+    """Every intermediate state of a diffusers scheduler (ref, timesteps set) and of our sampler
+    (on the schedule `ours`, trailing timesteps) on the same dummy network, noise and start."""
     x_ref = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(2)
     traj_ref = []
     for t in ref.timesteps:
-        x_ref = ref.step(dummy_eps(x_ref, t.expand(4)), t, x_ref, eta=eta, use_clipped_model_output=True,
-                         generator=g).prev_sample
+        x_ref = ref.step(dummy_eps(x_ref, t.expand(4)), t, x_ref, generator=g, **(ref_kw or {})).prev_sample
         traj_ref.append(x_ref)
     # diffusers also draws (unused) noise at the last step; ours draws only where it is used
     g = torch.Generator().manual_seed(2)
     traj = []
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    ddim(dummy_eps, ours, x, ts, eta=eta, noise=lambda shape: torch.randn(shape, generator=g),
-         callback=lambda i, t, xt, x0: traj.append(xt))
-    for a, b in zip(traj, traj_ref):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    sampler(dummy_eps, ours, x, make_timesteps(1000, steps), noise=lambda shape: torch.randn(shape, generator=g),
+            callback=lambda i, t, xt, x0: traj.append(xt), **(our_kw or {}))
+    return traj, traj_ref
+
+
+def ddim_trajectories(ref, ours, steps: int, eta: float):
+    return trajectories(ref, ours, ddim, steps, {"eta": eta, "use_clipped_model_output": True}, {"eta": eta})
 
 
 def test_timesteps_bounds():
@@ -161,20 +160,8 @@ def test_ddim_v_prediction_matches_diffusers(schedule, eta, steps):
                         timestep_spacing="trailing", set_alpha_to_one=True, prediction_type="v_prediction")
     ours = same_tables_as(ref, "v")
     ref.set_timesteps(steps)
-    ts = make_timesteps(1000, steps)
-    x_ref = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    g = torch.Generator().manual_seed(2)
-    traj_ref = []
-    for t in ref.timesteps:
-        x_ref = ref.step(dummy_eps(x_ref, t.expand(4)), t, x_ref, eta=eta, use_clipped_model_output=True,
-                         generator=g).prev_sample
-        traj_ref.append(x_ref)
-    g = torch.Generator().manual_seed(2)
-    traj = []
-    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    ddim(dummy_eps, ours, x, ts, eta=eta, noise=lambda shape: torch.randn(shape, generator=g),
-         callback=lambda i, t, xt, x0: traj.append(xt))
-    assert len(traj) == len(traj_ref)
+    traj, traj_ref = ddim_trajectories(ref, ours, steps, eta)
+    assert len(traj) == len(traj_ref) == steps
     for a, b in zip(traj, traj_ref):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
@@ -185,17 +172,8 @@ def test_ddpm_prediction_types_match_diffusers(prediction):
                         variance_type="fixed_small", timestep_spacing="trailing", prediction_type=PRED_NAME[prediction])
     ours = same_tables_as(ref, prediction)
     ref.set_timesteps(50)
-    x_ref = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    g = torch.Generator().manual_seed(2)
-    traj_ref = []
-    for t in ref.timesteps:
-        x_ref = ref.step(dummy_eps(x_ref, t.expand(4)), t, x_ref, generator=g).prev_sample
-        traj_ref.append(x_ref)
-    g = torch.Generator().manual_seed(2)
-    traj = []
-    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    ddpm(dummy_eps, ours, x, make_timesteps(1000, 50), noise=lambda shape: torch.randn(shape, generator=g),
-         callback=lambda i, t, xt, x0: traj.append(xt))
+    traj, traj_ref = trajectories(ref, ours, ddpm, 50)
+    assert len(traj) == len(traj_ref) == 50
     for a, b in zip(traj, traj_ref):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 

@@ -24,6 +24,8 @@ from typing import Callable
 
 import torch
 
+from .data import to_model_range
+
 log = logging.getLogger("ddpmlab.train")
 
 DIVERSITY_FLOOR = 0.2       # below this fraction of real diversity: collapse
@@ -77,7 +79,7 @@ def reference(images: torch.Tensor, labels: torch.Tensor | None, classes: torch.
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
     x = x.cpu()
-    return x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
+    return to_model_range(x) if x.dtype == torch.uint8 else x.float()
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

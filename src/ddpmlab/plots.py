@@ -16,13 +16,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from .data import to_uint8  # noqa: E402
 from .runtime import atomic_write  # noqa: E402
 
 
 def to_hwc_uint8(x: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) float in [-1, 1] or uint8 -> (N, H, W, C) uint8."""
     if x.dtype != torch.uint8:
-        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        x = to_uint8(x)
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
