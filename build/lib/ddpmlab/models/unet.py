@@ -1,0 +1,162 @@
+"""The write-up's UNet, one class for every UNet preset.
+
+    unet-input    class embedding concatenated to the input, once
+    unet-cbn      ... and also added to the conditioning vector of every conditional norm
+    unet-block    every residual block has its own class projection, added between its two convs;
+                  GroupNorm instead of BatchNorm
+    unet-faces64  64x64 RGB, GroupNorm and timestep embedding, unconditional
+
+Layout (channel_mults=(1, 2, 2), 28x28): stem -> level 0 at 28x28 -> down -> level 1 at 14x14 ->
+down -> level 2 at 7x7 -> middle -> the mirror image upwards, each up level concatenating the
+skip kept at its resolution.
+
+Two lessons of the write-up are built in:
+- a level convolves before it downsamples (a block that starts with pooling throws information
+  away before any convolution has seen it): ResBlocks first, then a strided convolution;
+- the skips are the residual stream as it was: nothing in the forward pass modifies a tensor in
+  place, so the tensor kept in `skips` is never changed after it is kept
+  (tests/test_unet.py checks this with the tensors' version counters).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .layers import Norm, ResBlock, TimeEmbedding, group_count, zero_
+
+
+class Downsample(nn.Module):
+    """3x3 convolution with stride 2: (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2)). Learned,
+    so it follows the level's convolutions instead of pooling away what they have not seen."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour upsampling to the skip's size, then a 3x3 convolution (no checkerboard
+    artefacts of transposed convs). Sizing by the skip handles odd sizes: 7 -> 4 -> 7."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x, size):
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention over the pixels of a low-resolution feature map, residual,
+    with a zero-initialised output projection so it starts as the identity."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(group_count(ch), ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = zero_(nn.Conv2d(ch, ch, 1))
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=2)   # (B, HW, C) each
+        h = F.scaled_dot_product_attention(q, k, v)                                   # (B, HW, C)
+        return x + self.proj(h.transpose(1, 2).reshape(B, C, H, W))
+
+
+class Level(nn.Module):
+    """The residual blocks of one resolution; `resample` (Downsample / Upsample or None) is
+    applied by the UNet, after the blocks on the way down and before them on the way up."""
+
+    def __init__(self, blocks: list[ResBlock], resample: nn.Module | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.resample = resample
+
+
+class UNet(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        K = cfg.num_classes
+        mode = cfg.class_cond if K else None
+        # the conditioning vector of the norms: noise-level embedding (+ class, unet-cbn)
+        cond_dim = cfg.time_dim if (cfg.time_cond or mode == "cbn") else 0
+        self.time_embed = TimeEmbedding(cfg.time_dim) if cfg.time_cond else None
+        # index K is the null label of classifier-free guidance
+        self.class_embed = nn.Embedding(K + 1, cfg.class_dim) if K else None
+        self.class_to_cond = zero_(nn.Linear(cfg.class_dim, cond_dim)) if mode == "cbn" else None
+        self.class_at_input = mode in ("input", "cbn")
+        block_class_dim = cfg.class_dim if mode == "block" else 0
+
+        def block(cin, cout):
+            return ResBlock(cin, cout, cfg.norm, cond_dim, block_class_dim)
+
+        widths = [cfg.channels * m for m in cfg.channel_mults]
+        n_levels = len(widths)
+        self.stem = nn.Conv2d(cfg.in_channels + (cfg.class_dim if self.class_at_input else 0),
+                              widths[0], 3, padding=1)
+        # down: blocks at each resolution, then downsample (all but the lowest level)
+        self.down = nn.ModuleList()
+        ch = widths[0]
+        for i, w in enumerate(widths):
+            blocks = [block(ch if j == 0 else w, w) for j in range(cfg.blocks_per_level)]
+            ch = w
+            self.down.append(Level(blocks, Downsample(w) if i < n_levels - 1 else None))
+        # middle, at the lowest resolution
+        self.mid1 = block(ch, ch)
+        self.attn = SelfAttention(ch) if cfg.attention else None
+        self.mid2 = block(ch, ch)
+        # up: (upsample), concatenate the skip of this resolution, blocks
+        self.up = nn.ModuleList()
+        for i in reversed(range(n_levels)):
+            w = widths[i]
+            blocks = [block((ch + w) if j == 0 else w, w) for j in range(cfg.blocks_per_level)]
+            self.up.append(Level(blocks, Upsample(ch) if i < n_levels - 1 else None))
+            ch = w
+        self.out_norm = Norm(cfg.norm, ch, cond_dim)
+        self.out = nn.Conv2d(ch, cfg.in_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        B, _, H, W = x.shape
+        # 1. conditioning: noise-level embedding, class embedding (null label when none given)
+        cond = self.time_embed(t) if self.time_embed is not None else None            # (B, time_dim)
+        cemb = None
+        if self.class_embed is not None:
+            if label is None:
+                label = torch.full((B,), self.cfg.num_classes, device=x.device, dtype=torch.long)
+            cemb = self.class_embed(label).to(x.dtype)                               # (B, class_dim)
+            if self.class_to_cond is not None:                                       # unet-cbn
+                c = self.class_to_cond(cemb)
+                cond = c if cond is None else cond + c
+        # 2. input: the image, with the class embedding broadcast over it (input, cbn)
+        if self.class_at_input:
+            x = torch.cat([x, cemb[:, :, None, None].expand(-1, -1, H, W)], dim=1)
+        h = self.stem(x)                                                             # (B, C0, H, W)
+        # 3. down: convolve at each resolution, keep the skip, then downsample
+        skips = []
+        for level in self.down:
+            for blk in level.blocks:
+                h = blk(h, cond, cemb)
+            skips.append(h)   # safe to keep by reference: h is rebound below, never modified in place
+            if level.resample is not None:
+                h = level.resample(h)                                                # (B, Ci, H/2, W/2)
+        # 4. middle
+        h = self.mid1(h, cond, cemb)
+        if self.attn is not None:
+            h = self.attn(h)
+        h = self.mid2(h, cond, cemb)
+        # 5. up: upsample to the skip's size, concatenate it, convolve
+        for level in self.up:
+            skip = skips.pop()
+            if level.resample is not None:
+                h = level.resample(h, skip.shape[-2:])
+            h = torch.cat([h, skip], dim=1)
+            for blk in level.blocks:
+                h = blk(h, cond, cemb)
+        # 6. predicted noise
+        return self.out(F.silu(self.out_norm(h, cond)))

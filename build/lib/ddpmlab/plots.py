@@ -1,0 +1,145 @@
+"""Figures: loss curves, sample grids, per-epoch snapshots, the generation process.
+
+Images come in as float tensors in [-1, 1] (N, C, H, W) or uint8; every file is written
+atomically.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .data import to_uint8  # noqa: E402
+from .runtime import atomic_write  # noqa: E402
+
+
+def to_hwc_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) float in [-1, 1] or uint8 -> (N, H, W, C) uint8."""
+    if x.dtype != torch.uint8:
+        x = to_uint8(x)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def tile(images: torch.Tensor, ncol: int, pad: int = 2) -> np.ndarray:
+    """Images (N, C, H, W) -> one (rows*H, ncol*W, C) uint8 array, padded with grey lines."""
+    arr = to_hwc_uint8(images)
+    n, h, w, c = arr.shape
+    nrow = math.ceil(n / ncol)
+    out = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 128, np.uint8)
+    for i in range(n):
+        r, k = divmod(i, ncol)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = arr[i]
+    return out
+
+
+def _save_pil(arr: np.ndarray, path, scale: int = 1) -> None:
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: img.save(p, format="PNG"))
+
+
+def save_strip(images: torch.Tensor, path, ncol: int | None = None, scale: int = 2) -> None:
+    """A plain image grid (no axes), e.g. one per-epoch snapshot of one class."""
+    _save_pil(tile(images, ncol or images.shape[0]), path, scale)
+
+
+def _savefig(fig, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def write_grid(images: torch.Tensor, path, ncol: int, row_labels=None, title: str | None = None) -> None:
+    """A sample grid; with row_labels, one labelled row per class."""
+    arr = tile(images, ncol)
+    nrow = math.ceil(images.shape[0] / ncol)
+    fig, ax = plt.subplots(figsize=(max(4.0, ncol * 0.6 + 1.5), max(2.0, nrow * 0.6 + 0.6)))
+    ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_xticks([])
+    if row_labels:
+        h = images.shape[2] + 2
+        ax.set_yticks([2 + h * r + h / 2 - 1 for r in range(len(row_labels))], list(row_labels), fontsize=8)
+    else:
+        ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    _savefig(fig, path)
+
+
+def plot_loss(metrics: list[dict], path, title: str = "") -> None:
+    """Per-step loss (raw and smoothed) and per-epoch loss, log scale, with LR drops marked."""
+    steps = [m for m in metrics if m.get("kind") == "step"]
+    epochs = [m for m in metrics if m.get("kind") == "epoch"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if steps:
+        s = np.array([m["step"] for m in steps])
+        y = np.array([m["loss"] for m in steps])
+        ax.plot(s, y, color="tab:blue", alpha=0.3, lw=0.8, label="loss (per logged step)")
+        ax.plot(s, _smooth(y), color="tab:blue", lw=1.6, label="smoothed")
+    if epochs:
+        ends = [m["step"] for m in epochs]
+        mids = [(a + b) / 2 for a, b in zip([0] + ends[:-1], ends)]   # a mean over the epoch sits at its middle
+        ax.plot(mids, [m["loss"] for m in epochs], "o-", color="tab:orange", lw=1.6, ms=4, label="epoch mean")
+    lr_prev = None
+    for m in epochs:
+        if lr_prev is not None and m["lr"] < lr_prev * 0.999:
+            ax.axvline(m["step"], color="tab:red", ls="--", lw=1)
+            ax.text(m["step"], 1.0, f" lr {m['lr']:.1e}", color="tab:red", fontsize=7, rotation=90,
+                    va="top", transform=ax.get_xaxis_transform())
+        lr_prev = m["lr"]
+    if steps or epochs:
+        ax.set_yscale("log")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("MSE loss on the noise")
+    ax.set_title(title or "training loss (dashed: learning-rate drops)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if steps or epochs:
+        ax.legend(fontsize=8)
+    _savefig(fig, path)
+
+
+def _smooth(y: np.ndarray) -> np.ndarray:
+    """Centred moving average over ~1/20 of the curve (each point is already the mean of a
+    logging window); unlike an EMA it does not lag behind a falling loss."""
+    w = max(1, len(y) // 20)
+    if w == 1:
+        return y.astype(float)
+    kernel = np.ones(w)
+    num = np.convolve(y, kernel, mode="same")
+    den = np.convolve(np.ones_like(y, dtype=float), kernel, mode="same")   # shorter windows at the edges
+    return num / den
+
+
+def plot_process(frames: list[tuple[int, torch.Tensor, torch.Tensor]], path, row_labels=None) -> None:
+    """The generation process. frames: (t, x_t, x0_pred) per shown step, each (n, C, H, W).
+    Rows are samples, each as a pair: x_t above, the predicted clean image beneath."""
+    n = frames[0][1].shape[0]
+    k = len(frames)
+    fig, axes = plt.subplots(2 * n, k, figsize=(k * 0.95, 2 * n * 0.95), squeeze=False)
+    for col, (t, xt, x0) in enumerate(frames):
+        for r in range(n):
+            for j, img in enumerate((xt[r], x0[r])):
+                ax = axes[2 * r + j, col]
+                a = to_hwc_uint8(img[None])[0]
+                ax.imshow(a[..., 0] if a.shape[-1] == 1 else a, cmap="gray", vmin=0, vmax=255)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if col == 0:
+                    name = "" if row_labels is None else f"{row_labels[r]}\n"
+                    ax.set_ylabel(name + ("x_t" if j == 0 else "pred x0"), fontsize=6)
+        axes[0, col].set_title(f"t={t}" if t >= 0 else "final", fontsize=7)
+    fig.suptitle("generation process: noise (left) to image (right); beneath each, the predicted x0",
+                 fontsize=8)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    _savefig(fig, path)

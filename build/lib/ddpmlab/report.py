@@ -1,0 +1,327 @@
+"""The write-up, regenerated from runs: DIR/REPORT.md and a self-contained DIR/report.html.
+
+Sections follow the write-up's order; each shows its run's loss curve, samples, generation
+process and a snapshot strip (one class across epochs). The results table evaluates every
+run with the same settings (cached per run in RUN/eval/).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .config import ConfigError  # noqa: E402
+from .evaluate import cached_evaluate_run  # noqa: E402
+from .models import build_model, count_parameters  # noqa: E402
+from .render import parse_snapshot_name  # noqa: E402
+from .run import load_config, read_metrics, resolve_run  # noqa: E402
+from .runtime import atomic_write  # noqa: E402
+
+# preset -> (section title, what the write-up says / what to look for)
+SECTIONS = {
+    "resnet-basic": ("Very basic model", "A residual network at full resolution. The noise level / time step is "
+                     "not used at all: the network must guess how noisy its input is."),
+    "resnet-noise": ("Conditioning on the noise level", "Every BatchNorm takes its scale and shift from the "
+                     "noise-level embedding through a linear layer. The loss should end lower than the basic model's."),
+    "resnet-spatial": ("Spatial encoding", "Cartesian x, y and polar radius, angle channels are concatenated to "
+                       "the input, which may improve the coherence of the images."),
+    "resnet-class": ("Class embeddings", "A learned 4-dimensional class embedding is concatenated to the input, "
+                     "so a class can be asked for: conditioning accuracy (cond_acc) measures whether it is obeyed."),
+    "unet-input": ("UNet: class concatenated to the input once", "The write-up's UNet with the class embedding "
+                   "at the input only generated two classes whatever was asked for. Watch cond_acc and the "
+                   "collapse flags."),
+    "unet-cbn": ("UNet: class also in the conditional BatchNorms", "Adding the class embedding to the "
+                 "conditional BatchNorms improved things in the write-up."),
+    "unet-block": ("UNet: a class layer in every block (the fix)", "Every residual block adds its own projection "
+                   "of the class embedding between its two convolutions; GroupNorm replaces the conditional "
+                   "BatchNorm."),
+    "unet-small": ("UNet sized for a CPU", "unet-block's design with 32 channels and one block per level: "
+                   "quality per CPU FLOP."),
+    "unet-faces64": ("Faces, 64x64", "A 43M-parameter UNet on a folder of face images."),
+}
+ORDER = list(SECTIONS)
+
+
+@dataclass
+class Block:
+    kind: str                       # heading | text | image | table
+    text: str = ""
+    level: int = 2
+    path: Path | None = None
+    rows: list = field(default_factory=list)
+    header: list = field(default_factory=list)
+
+
+def run_summary(run_dir: Path) -> dict:
+    """Preset, parameters, epochs, training images, wall time and images/s of a run."""
+    rc = load_config(run_dir)
+    metrics = read_metrics(run_dir)
+    steps = [m for m in metrics if m.get("kind") == "step"]
+    epochs = [m for m in metrics if m.get("kind") == "epoch"]
+    world = max([m.get("world", 1) for m in metrics if m.get("kind") == "ddp"] or [1])
+    batch = rc.train.batch_size * world
+    last_step = steps[-1]["step"] if steps else 0
+    # wall time of training, from the images/s of each logged window
+    seconds, prev = 0.0, 0
+    for m in steps:
+        seconds += (m["step"] - prev) * batch / max(m["img_per_s"], 1e-9)
+        prev = m["step"]
+    return {"run": str(run_dir), "preset": rc.preset, "params": count_parameters(build_model(rc.model)),
+            "epochs": epochs[-1]["epoch"] if epochs else 0, "steps": last_step,
+            "train_images": last_step * batch, "train_seconds": round(seconds, 1),
+            "img_per_s": round(last_step * batch / seconds, 1) if seconds else None,
+            "final_loss": epochs[-1]["loss"] if epochs else (steps[-1]["loss"] if steps else None),
+            "conditional": bool(rc.model.num_classes), "fashion": (rc.model.image_size, rc.model.in_channels) == (28, 1),
+            "last_epoch": epochs[-1] if epochs else {}}
+
+
+def snapshot_strip(run_dir: Path, out: Path, label: int = 0, max_rows: int = 10) -> Path | None:
+    """One class across epochs, one row per epoch, side by side with the epoch number."""
+    snaps = run_dir / "snapshots"
+    named = [(parse_snapshot_name(p.name), p) for p in snaps.glob("epoch*.png")] if snaps.is_dir() else []
+    files = [p for (epoch, k), p in sorted((e, p) for e, p in named if e is not None and e[1] in (label, None))]
+    if not files:
+        return None
+    if len(files) > max_rows:   # keep the first and last, evenly in between
+        keep = {round(i * (len(files) - 1) / (max_rows - 1)) for i in range(max_rows)}
+        files = [f for i, f in enumerate(files) if i in keep]
+    imgs = [Image.open(f) for f in files]
+    fig, axes = plt.subplots(len(imgs), 1, figsize=(imgs[0].width / 60 + 1, len(imgs) * (imgs[0].height / 60 + 0.1)),
+                             squeeze=False)
+    for ax, img, f in zip(axes[:, 0], imgs, files):
+        ax.imshow(img, cmap="gray", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(f.name.split("-")[0].split(".")[0], rotation=0, ha="right", va="center", fontsize=8)
+    conditional = "-class" in files[0].name
+    fig.suptitle(f"snapshots from fixed noise{f', class {label}' if conditional else ''}, across epochs", fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(fig)
+    return out
+
+
+def _fmt(v, spec="{:.3f}"):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return spec.format(v) if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def _flags(r: dict) -> str:
+    out = []
+    if r.get("mode_collapse"):
+        out.append("mode collapse")
+    cc = r.get("collapsed_classes") or []
+    if cc:
+        out.append("collapsed: " + ", ".join(str(c["class"]) + "->" + str(c["predicted_as"]) for c in cc))
+    if r.get("missing_classes"):
+        out.append("missing: " + ",".join(map(str, r["missing_classes"])))
+    return "; ".join(out) or "none"
+
+
+RESULT_HEADER = ["preset", "params", "epochs", "train images", "wall time", "img/s", "sampler", "steps", "guidance",
+                 "fd", "fd floor", "cond_acc", "class entropy", "precision", "recall", "collapse flags"]
+
+
+def result_row(s: dict, r: dict | None) -> list:
+    r = r or {}
+    return [s["preset"], f"{s['params'] / 1e6:.2f}M", s["epochs"], f"{s['train_images']:,}",
+            f"{s['train_seconds'] / 60:.1f} min", _fmt(s["img_per_s"], "{:.1f}"), r.get("sampler", "-"),
+            r.get("steps", "-"), r.get("guidance", "-"), _fmt(r.get("fd"), "{:.2f}"), _fmt(r.get("fd_floor"), "{:.2f}"),
+            _fmt(r.get("cond_acc")), _fmt(r.get("pred_entropy")), _fmt(r.get("precision")), _fmt(r.get("recall")),
+            _flags(r) if r else "not evaluated"]
+
+
+def findings(summaries: dict, results: dict) -> list[str]:
+    """The write-up's claims, checked against these runs, said plainly either way."""
+    out = []
+    b, nz = summaries.get("resnet-basic"), summaries.get("resnet-noise")
+    if b and nz and b["final_loss"] and nz["final_loss"]:
+        better = nz["final_loss"] < b["final_loss"]
+        out.append(f"Time conditioning {'beats' if better else 'does NOT beat'} none: final loss "
+                   f"{nz['final_loss']:.4f} (resnet-noise) vs {b['final_loss']:.4f} (resnet-basic)"
+                   + (f"; fd {results['resnet-noise']['fd']:.2f} vs {results['resnet-basic']['fd']:.2f}"
+                      if results.get("resnet-noise") and results.get("resnet-basic") else "") + ".")
+    rc = results.get("resnet-class")
+    if rc and rc.get("cond_acc") is not None:
+        out.append(f"Class embeddings give label adherence: cond_acc {rc['cond_acc']:.3f} for resnet-class "
+                   f"(chance 0.1; the classifier scores {rc.get('classifier_test_acc', float('nan')):.3f} on real images).")
+    ui, ub = results.get("unet-input"), results.get("unet-block")
+    if ui and ub and ui.get("cond_acc") is not None and ub.get("cond_acc") is not None:
+        if ui["cond_acc"] < ub["cond_acc"]:
+            out.append(f"unet-input adheres to labels worse than unet-block: cond_acc {ui['cond_acc']:.3f} vs "
+                       f"{ub['cond_acc']:.3f}, as the write-up found.")
+        else:
+            out.append(f"This budget does NOT show unet-input adhering worse than unet-block: cond_acc "
+                       f"{ui['cond_acc']:.3f} vs {ub['cond_acc']:.3f}. The write-up's failure appeared after "
+                       "several epochs; a longer budget is needed to see it (or it does not reproduce).")
+    return out
+
+
+def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, steps: int | None = None,
+          guidance: float | None = None, evaluate: bool = True, title: str = "ddpmlab: the write-up, regenerated", intro: str = "",
+          spacing: str | None = None, guidance_interval=None) -> list[Block]:
+    run_dirs = [resolve_run(r) for r in runs]
+    if not run_dirs:
+        raise ConfigError("report needs at least one run directory")
+    fig_dir = out / "figures"
+    by_preset = {}
+    for d in run_dirs:
+        by_preset.setdefault(load_config(d).preset, d)
+    summaries = {p: run_summary(d) for p, d in by_preset.items()}
+    results = {}
+    if evaluate:
+        for p, d in by_preset.items():
+            if summaries[p]["fashion"]:
+                results[p] = cached_evaluate_run(d, n, sampler=sampler, steps=steps, guidance=guidance, spacing=spacing,
+                                                 guidance_interval=guidance_interval)[0]
+
+    blocks = [Block("heading", title, level=1)]
+    if intro:
+        blocks.append(Block("text", intro))
+    blocks.append(Block("heading", "Results", level=2))
+    if not evaluate:
+        blocks.append(Block("text", "Not evaluated (`--no-eval`): figures and training records only."))
+    else:
+        settings = {(r["sampler"], r["steps"], r["guidance"], r.get("spacing") or "trailing",
+                     tuple(r.get("guidance_interval") or ())) for r in results.values()}
+        if len(settings) == 1:
+            s, k, w, sp, gi = settings.pop()
+            more = ("" if sp == "trailing" else f" --spacing {sp}") + (" --guidance-interval {},{}".format(*gi) if gi else "")
+            how = (f"Every row is evaluated the same way: `ddpmlab evaluate RUN --n {n} --sampler {s} --steps {k} "
+                   f"--guidance {w:g}{more}`.")
+        elif settings:
+            how = (f"Every row is `ddpmlab evaluate RUN --n {n}` with that run's own sampling settings (its "
+                   "config.json \"sampling\"; sampler, steps and guidance columns), so rows differ in more than the model.")
+        else:
+            how = "No run here makes FashionMNIST images, so none is scored."
+        precisions = sorted({r.get("sampling_precision", "fp32") for r in results.values()})
+        if precisions:
+            how += f" The network sampled in {' and '.join(precisions)}."
+        blocks.append(Block("text", how + " fd is the Fréchet "
+                            "distance in the feature space of ddpmlab's FashionMNIST classifier against the 10k test "
+                            f"images; fd floor is the same for {n} real training images. cond_acc: fraction of "
+                            "samples classified as the requested class. Class entropy in nats (uniform = 2.303)."))
+    order = sorted(by_preset, key=lambda p: ORDER.index(p) if p in ORDER else len(ORDER))
+    blocks.append(Block("table", header=RESULT_HEADER, rows=[result_row(summaries[p], results.get(p)) for p in order]))
+    for line in findings(summaries, results):
+        blocks.append(Block("text", "- " + line))
+
+    for p in order:
+        d = by_preset[p]
+        name, text = SECTIONS.get(p, (p, ""))
+        blocks.append(Block("heading", f"{name} (`{p}`)", level=2))
+        if text:
+            blocks.append(Block("text", text))
+        s = summaries[p]
+        blocks.append(Block("text", f"Run `{d}`: {s['params']:,} parameters, {s['epochs']} epochs, "
+                            f"{s['train_images']:,} training images in {s['train_seconds'] / 60:.1f} min."))
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        drawn = draw_missing_figures(d, fig_dir, p)     # a shipped model has no sample grid or process on disk
+        for src, caption in ((d / "loss.png", "loss"), (d / "samples" / "grid.png", "samples")):
+            src = drawn.get(caption, src)
+            if src.is_file():
+                dst = fig_dir / f"{p}-{caption}.png"
+                if src != dst:
+                    shutil.copyfile(src, dst)
+                blocks.append(Block("image", caption, path=dst))
+        strip = snapshot_strip(d, fig_dir / f"{p}-snapshots.png", label=3 if s["conditional"] else 0)
+        if strip:
+            blocks.append(Block("image", "snapshots across epochs", path=strip))
+        src = drawn.get("process", d / "process.png")
+        if src.is_file():
+            dst = fig_dir / f"{p}-process.png"
+            if src != dst:
+                shutil.copyfile(src, dst)
+            if p == "resnet-class":   # the write-up's "generation process visualized" section
+                blocks.append(Block("heading", "The generation process", level=3))
+            blocks.append(Block("image", "generation process: x_t from noise to image, predicted x0 beneath",
+                                path=dst))
+    return blocks
+
+
+def draw_missing_figures(run_dir: Path, fig_dir: Path, name: str) -> dict:
+    """Draw the sample grid and the generation process of a run that has none on disk (a shipped
+    model ships without them), into fig_dir, with the run's own sampling settings."""
+    missing = {k: fig_dir / f"{name}-{k}.png" for k, f in (("samples", run_dir / "samples" / "grid.png"),
+                                                           ("process", run_dir / "process.png")) if not f.is_file()}
+    if not missing:
+        return {}
+    from .sample import load_run, process, sample, save_grid
+    run = load_run(run_dir)
+    if "samples" in missing:
+        x, y = sample(run, 8 * max(1, run.num_classes) if run.num_classes else 64,
+                      labels="all" if run.num_classes else None)
+        save_grid(run, x, y, missing["samples"])
+    if "process" in missing:
+        process(run, missing["process"], n=4 if run.config.model.image_size <= 32 else 2)
+    return missing
+
+
+def to_markdown(blocks: list[Block], out: Path) -> str:
+    lines = []
+    for b in blocks:
+        if b.kind == "heading":
+            lines += ["#" * b.level + " " + b.text, ""]
+        elif b.kind == "text":
+            lines += [b.text, ""]
+        elif b.kind == "image":
+            lines += [f"![{b.text}]({os.path.relpath(b.path, out)})", ""]
+        elif b.kind == "table":
+            lines.append("| " + " | ".join(b.header) + " |")
+            lines.append("|" + "---|" * len(b.header))
+            lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in b.rows]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+             "th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}code{background:#f3f3f3}"
+             "</style></head><body>"]
+    for b in blocks:
+        if b.kind == "heading":
+            parts.append(f"<h{b.level}>{_inline(b.text)}</h{b.level}>")
+        elif b.kind == "text":
+            parts.append(f"<p>{_inline(b.text)}</p>")
+        elif b.kind == "image":
+            data = base64.b64encode(Path(b.path).read_bytes()).decode()
+            parts.append(f"<figure><img alt='{html.escape(b.text)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{html.escape(b.text)}</figcaption></figure>")
+        elif b.kind == "table":
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in b.header) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in b.rows]
+            parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _inline(text: str) -> str:
+    """`code` spans; everything else escaped."""
+    out = html.escape(text).split("`")
+    return "".join(f"<code>{s}</code>" if i % 2 else s for i, s in enumerate(out))
+
+
+def write_report(runs: list, out, **kw) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    blocks = build(runs, out, **kw)
+    title = blocks[0].text
+    md, page = to_markdown(blocks, out), to_html(blocks, title)
+    atomic_write(out / "REPORT.md", lambda p: p.write_text(md))
+    atomic_write(out / "report.html", lambda p: p.write_text(page))
+    return out / "REPORT.md"

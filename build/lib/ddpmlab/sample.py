@@ -1,0 +1,114 @@
+"""Sampling from a trained run: the Python API behind `ddpmlab sample` and `ddpmlab process`.
+
+    >>> run = load_run("runs/resnet-class")
+    >>> x, y = sample(run, 20, labels="all", steps=20)     # x: (20, 1, 28, 28) in [-1, 1]
+    >>> save_npz("s.npz", x, y); save_grid(run, x, y, "g.png")
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import plots, render
+from .config import ConfigError, check_guidance_interval
+from .defaults import DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS, SAMPLE_PRECISION
+from .diffusion import Schedule, make_schedule
+from .run import RunConfig, load_model, resolve_run
+from .runtime import resolve_device, resolve_precision
+from .samplefile import save_npz  # noqa: F401  (part of this module's API: sample, then save_npz)
+
+log = logging.getLogger("ddpmlab.sample")
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    model: torch.nn.Module
+    config: RunConfig
+    schedule: Schedule
+    device: torch.device
+    precision: str = "fp32"             # of the network while sampling: fp32 or bf16 (autocast)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.model.num_classes
+
+
+def load_run(path_or_name, device: str = "auto", ema: bool = True, precision: str = SAMPLE_PRECISION) -> LoadedRun:
+    """A run directory (or shipped model name) rebuilt from config.json with its EMA weights.
+    precision: the network's while sampling; "auto" is bf16 where the device computes it natively."""
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    path = resolve_run(path_or_name)
+    model, rc = load_model(path, ema=ema, device=dev)
+    return LoadedRun(path, model, rc, make_schedule(rc.diffusion), dev, prec)
+
+
+def _labels(run: LoadedRun, n: int, labels) -> torch.Tensor | None:
+    return render.make_labels(run.num_classes, n, labels)
+
+
+def sampling_settings(rc: RunConfig, sampler: str | None = None, steps: int | None = None,
+                      guidance: float | None = None, spacing: str | None = None,
+                      guidance_interval=None) -> tuple[str, int, float, str, list | None]:
+    """(sampler, steps, guidance, spacing, guidance_interval): the values given, else the run's
+    own (config.json "sampling"), else ddpmlab's defaults (guidance_interval None: every step;
+    give [0, T-1] to guide everywhere a run that keeps an interval)."""
+    s = rc.sampling
+    interval = guidance_interval if guidance_interval is not None else s.guidance_interval
+    return (sampler or s.sampler or DEFAULT_SAMPLER,
+            steps if steps is not None else (s.steps or DEFAULT_STEPS),
+            guidance if guidance is not None else (s.guidance or 0.0),
+            spacing or s.spacing or DEFAULT_SPACING,
+            check_guidance_interval(None if interval is None else list(interval)))
+
+
+def sample(run: LoadedRun, n: int, *, labels=None, sampler: str | None = None, steps: int | None = None,
+           guidance: float | None = None, seed: int = 0, eta: float | None = None, spacing: str | None = None,
+           guidance_interval=None):
+    """n samples in [-1, 1] and their labels (None for unconditional models). labels: None
+    (conditional models: cycle 0..K-1), an int, or "all". sampler, steps, guidance, spacing,
+    guidance_interval: None for the run's own settings (`sampling_settings`)."""
+    if n < 1:
+        raise ConfigError(f"n must be >= 1, got {n}")
+    sampler, steps, guidance, spacing, interval = sampling_settings(run.config, sampler, steps, guidance,
+                                                                    spacing, guidance_interval)
+    y = _labels(run, n, labels)
+    if guidance and run.num_classes and run.config.train.cond_drop == 0:
+        log.warning("--guidance %g: %s was trained without label dropout (cond_drop 0), so its unconditional "
+                    "branch (the null label) is untrained and guided samples are unreliable; train with "
+                    "--cond-drop 0.1", guidance, run.path)
+    x = render.draw(run.model, run.schedule, run.config.model, n, labels=y, seed=seed, sampler=sampler,
+                      steps=steps, guidance=guidance, eta=eta, device=run.device, precision=run.precision,
+                      spacing=spacing, guidance_interval=interval)
+    return x, y
+
+
+def save_grid(run: LoadedRun, images: torch.Tensor, labels, path) -> None:
+    """Conditional samples drawn with cycling labels are regrouped one row per class."""
+    if labels is not None and run.num_classes:
+        order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels, minlength=run.num_classes)
+        present = [k for k in range(run.num_classes) if counts[k] > 0]
+        if len(present) > 1 and int(counts[present].min()) == int(counts[present].max()):
+            names = [run.config.class_names[k] for k in present]
+            plots.write_grid(images[order], path, ncol=int(counts[present[0]]), row_labels=names)
+            return
+    plots.write_grid(images, path, ncol=min(10, math.ceil(math.sqrt(images.shape[0]))))
+
+
+def process(run: LoadedRun, out, *, label: int | None = None, n: int = 4, sampler: str | None = None,
+            steps: int | None = None, seed: int = 0, guidance: float | None = None, spacing: str | None = None,
+            guidance_interval=None) -> Path:
+    """The generation-process figure: rows samples, columns x_t from noise to image, pred x0 beneath."""
+    sampler, steps, guidance, spacing, interval = sampling_settings(run.config, sampler, steps, guidance,
+                                                                    spacing, guidance_interval)
+    render.process_figure(run.model, run.schedule, run.config.model, out, n=n, label=label, seed=seed,
+                          sampler=sampler, steps=steps, guidance=guidance, device=run.device, precision=run.precision,
+                          class_names=run.config.class_names,
+                          spacing=spacing, guidance_interval=interval)
+    return Path(out)

@@ -1,0 +1,512 @@
+"""The trainer: the write-up's recipe, checkpointed for exact resume.
+
+Adam at 1e-3, ReduceLROnPlateau halving the rate after 3 epochs without improvement of the
+epoch loss (floor 1e-4), batch 64, EMA of the weights (buffers included) for sampling. The
+whole dataset sits on the device as uint8; batches are drawn by index from a seeded
+permutation. All randomness comes from two generators whose states are checkpointed, so
+2 epochs + resume + 2 epochs gives the same weights as 4 epochs.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from . import config as C
+from . import monitor, plots, render
+from .data import FASHION_CLASSES, ImageSet, load_dataset, to_model_range
+from .diffusion import loss_fn, make_schedule
+from .models import build_model, count_parameters
+from .run import RunConfig, RunLog, describe_run, load_config, load_weights, read_metrics, save_config
+from .runtime import (autocast, init_distributed, resolve_channels_last, resolve_device,
+                      resolve_precision)
+
+log = logging.getLogger("ddpmlab.train")
+SAVE_EVERY_S = 600       # also checkpoint mid-epoch every 10 minutes: long CPU epochs lose little
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class TrainingInterrupted(RuntimeError):
+    pass
+
+
+def make_run_config(preset: str, model_overrides: dict | None = None, *, recipe: str | None = None,
+                    diffusion_overrides: dict | None = None, **train_overrides) -> RunConfig:
+    """A preset, then a named recipe (config.RECIPES), then `key=value` overrides of its model,
+    diffusion (e.g. prediction) and training settings."""
+    p = C.get_preset(preset)
+    r = C.get_recipe(recipe) if recipe else {"diffusion": {}, "train": {}}
+    model = C.from_dict(C.ModelConfig, {**C.to_dict(p.model), **(model_overrides or {})})
+    diffusion = C.from_dict(C.DiffusionConfig, {**C.to_dict(p.diffusion), **r["diffusion"],
+                                               **{k: v for k, v in (diffusion_overrides or {}).items() if v is not None}})
+    train = C.from_dict(C.TrainConfig, {**C.to_dict(C.TrainConfig()), **p.train, **r["train"],
+                                       **{k: v for k, v in train_overrides.items() if v is not None}})
+    return RunConfig(preset, model, diffusion, train)
+
+
+def cosine_lr(step: int, total: int, lr: float, min_lr: float, warmup: int = 0) -> float:
+    """The learning rate of optimiser step `step` (0-based) of `total`: linear warmup from
+    lr / warmup to lr over the first `warmup` steps, then a half cosine from lr down to min_lr,
+    reached at the last step (total - 1). A function of the step alone, so a resumed run (which
+    restores the step) continues it exactly."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    span = max(1, total - 1 - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """Exponential moving average of parameters; buffers (BatchNorm statistics) are copied.
+
+    decay: per step, warmed up as min(decay, (1 + step) / (10 + step)). Or halflife_kimg (EDM,
+    Karras et al. 2022): the weights of `halflife_kimg` thousand images ago count half, i.e. a
+    per-step decay 0.5 ** (images_per_step / (1000 halflife_kimg)); with rampup the half-life is
+    at most rampup x the images seen so far (EDM's ema_rampup_ratio)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, halflife_kimg: float | None = None,
+                 rampup: float | None = None, images_per_step: int = 1):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.halflife_kimg, self.rampup, self.images_per_step = halflife_kimg, rampup, images_per_step
+
+    def decay_at(self, step: int) -> float:
+        if self.halflife_kimg is None:
+            return min(self.decay, (1 + step) / (10 + step))   # warm-up: early samples are not the init
+        halflife = self.halflife_kimg * 1000
+        if self.rampup is not None:
+            halflife = min(halflife, (step + 1) * self.images_per_step * self.rampup)
+        return 0.5 ** (self.images_per_step / max(halflife, 1e-8))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = self.decay_at(step)
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - d)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+class Trainer:
+    def __init__(self, run_dir, rc: RunConfig, data: ImageSet | None = None, progress: bool = True):
+        self.run_dir = Path(run_dir)
+        self.rc = rc
+        tc = rc.train
+        # under torchrun: one process per device (or CPU share), each a disjoint shard of every epoch
+        self.rank, self.world, self.device = init_distributed(resolve_device(tc.device))
+        self.precision = resolve_precision(tc.precision, self.device)
+        self.channels_last = resolve_channels_last(tc.channels_last, self.device, self.precision, rc.model.arch)
+        self.progress = progress
+        torch.manual_seed(tc.seed)   # model initialisation
+
+        data = data if data is not None else load_dataset(tc.data, tc.data_dir, size=rc.model.image_size,
+                                                          channels=rc.model.in_channels,
+                                                          skip_unreadable=tc.skip_unreadable)
+        data = data.subset(tc.subset)
+        want = (rc.model.in_channels, rc.model.image_size, rc.model.image_size)
+        if tuple(data.images.shape[1:]) != want:
+            raise C.ConfigError(f"preset {rc.preset} takes images {want} (C, H, W), the data ({data.source}) "
+                                f"holds {tuple(data.images.shape[1:])}")
+        if rc.model.num_classes and data.num_classes != rc.model.num_classes:
+            raise C.ConfigError(f"preset {rc.preset} needs {rc.model.num_classes} classes, data has {data.num_classes}")
+        self.class_names = data.class_names
+        rc.about = describe_run(data, self.world)
+        self.images = data.images.to(self.device)                           # (N, C, H, W) uint8
+        self.labels = data.labels.to(self.device) if data.labels is not None else None
+        self.batch = min(tc.batch_size, len(data))
+        self.batches_per_epoch = max(1, len(data) // (self.batch * self.world))  # last partial batch dropped
+
+        self.schedule = make_schedule(rc.diffusion)
+        self.model = build_model(rc.model).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model, tc.ema_decay, tc.ema_halflife_kimg, tc.ema_rampup, self.batch * self.world)
+        self.ddp = self.model                                               # what the loss calls
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            net = self.model
+            if self.device.type == "cuda":   # SyncBatchNorm is GPU-only in PyTorch; on CPU (gloo) the
+                net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)   # running stats come from rank 0
+            self.ddp = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.model = self.ddp.module
+        if tc.compile:
+            self.ddp = torch.compile(self.ddp)
+        self.runlog = RunLog(self.run_dir, tc.tensorboard) if self.rank == 0 else None
+        # fused: one kernel for all parameters instead of a loop of small ops (README, "Speed on a CPU")
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=self.device.type in ("cpu", "cuda"))
+        self.plateau = self.make_plateau()
+        self.gen = torch.Generator(self.device).manual_seed(tc.seed + 1_000_003 * self.rank)  # t, noise, label drop
+        self.perm_gen = torch.Generator().manual_seed(tc.seed + 1)          # epoch permutations
+        # position
+        self.step = 0
+        self.epoch = 0                  # epochs completed
+        self.batch_pos = 0              # batches done in the current epoch
+        self.perm = None
+        self.epoch_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.interrupted = False
+        self.stop_agreed = False        # distributed: all ranks stop at the same step
+        self.postfix = {}               # collapse scores of the last epoch, shown on the progress bar
+        self.watch = monitor.CollapseWatch(self.images, self.labels, rc.model.num_classes, tc.snapshot_per_class,
+                                           classifier=lambda: snapshot_classifier(self.class_names))
+        self.bar = None                 # the progress bar while fit() runs
+        self.compile_s = None           # torch.compile: seconds of the first step, compilation included
+        self.last_save = time.monotonic()
+        self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0   # images/s of the current epoch
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        gen = self.gen.get_state()
+        if self.world > 1:   # every rank's noise generator, so a resumed run draws what it would have
+            gens = [None] * self.world
+            dist.all_gather_object(gens, gen.cpu())
+        else:
+            gens = [gen]
+        return {"step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos, "perm": self.perm,
+                "epoch_loss_sum": self.epoch_loss_sum.cpu(), "optimizer": self.opt.state_dict(),
+                "plateau": self.plateau.state_dict(), "gen": gens, "perm_gen": self.perm_gen.get_state()}
+
+    @torch.no_grad()
+    def sync_buffers(self) -> None:
+        """Average BatchNorm running statistics over the ranks (each saw its own shard) and copy
+        them into the EMA model, so every rank holds, and rank 0 saves, the same buffers."""
+        if self.world == 1:
+            return
+        for b in self.model.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b)
+                b.div_(self.world)
+        for b_ema, b in zip(self.ema.model.buffers(), self.model.buffers()):
+            b_ema.copy_(b)
+
+    def save(self) -> None:
+        """One checkpoint unit (checkpoint.py): weights, EMA weights and state of this step."""
+        self.sync_buffers()
+        state = self.state_dict()     # a collective under torchrun: every rank takes part
+        self.last_save = time.monotonic()
+        if self.rank != 0:
+            return
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.run_dir, self.rc)
+        except OSError as e:
+            raise checkpoint.disk_error(e, self.run_dir, f"{self.run_dir}/config.json") from None
+        checkpoint.save_training(self.run_dir, self.step, self.model, self.ema.model, state,
+                                 meta={"epoch": self.epoch, "batch_pos": self.batch_pos})
+
+    def load(self) -> None:
+        load_weights(self.model, self.run_dir, "model.safetensors")
+        load_weights(self.ema.model, self.run_dir, "ema.safetensors")
+        s = checkpoint.load_state(self.run_dir)
+        self.step, self.epoch, self.batch_pos, self.perm = s["step"], s["epoch"], s["batch_pos"], s["perm"]
+        self.epoch_loss_sum = s["epoch_loss_sum"].to(self.device)
+        self.opt.load_state_dict(s["optimizer"])
+        for group in self.opt.param_groups:   # the checkpoint's own setting (older runs: unfused) is not this device's
+            group["fused"] = self.opt.defaults["fused"]
+        self.plateau.load_state_dict(s["plateau"])
+        gens = s["gen"] if isinstance(s["gen"], list) else [s["gen"]]
+        if len(gens) == self.world:
+            self.gen.set_state(gens[self.rank])
+        else:
+            log.warning("resuming with %d processes a run saved with %d: noise streams restart", self.world, len(gens))
+        self.perm_gen.set_state(s["perm_gen"])
+        if self.rank != 0:
+            return
+        self.runlog.keep_until(self.step)   # lines logged after this checkpoint, by a run that then crashed
+
+    def log_metrics(self, **m) -> None:
+        if self.runlog is not None:
+            self.runlog.append(**m)
+
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
+    def set_lr(self, lr: float) -> None:
+        """A new learning rate for a resumed run (the restored optimiser would keep the old one);
+        the plateau scheduler starts counting afresh from it."""
+        if self.rc.train.min_lr > lr:
+            raise C.ConfigError(f"--lr {lr:g} is below the run's min_lr {self.rc.train.min_lr:g}")
+        log.info("learning rate %.1e -> %.1e from step %d", self.lr(), lr, self.step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.plateau = self.make_plateau()
+
+    def make_plateau(self):
+        tc = self.rc.train
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience, min_lr=tc.min_lr)
+
+    def planned_steps(self) -> int:
+        """The run's length in optimiser steps: epochs x batches per epoch, or max_steps if fewer
+        (where lr_schedule cosine reaches min_lr)."""
+        tc = self.rc.train
+        total = tc.epochs * self.batches_per_epoch
+        return min(total, tc.max_steps) if tc.max_steps else total
+
+    # ------------------------------------------------------------------ the loop
+    def train_step(self, idx: torch.Tensor) -> torch.Tensor:
+        x0 = to_model_range(self.images[idx])                               # (B, C, H, W) in [-1, 1]
+        if self.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        label = None
+        if self.labels is not None and self.rc.model.num_classes:
+            label = self.labels[idx]
+            if self.rc.train.cond_drop > 0:   # classifier-free guidance: null label at random
+                drop = torch.rand(label.shape, device=self.device, generator=self.gen) < self.rc.train.cond_drop
+                label = torch.where(drop, self.rc.model.num_classes, label)
+        tc = self.rc.train
+        with autocast(self.device, self.precision):
+            loss = loss_fn(self.ddp, self.schedule, x0, label, self.gen, weighting=tc.loss_weighting,
+                           min_snr_gamma=tc.min_snr_gamma, t_sampling=tc.t_sampling, p_mean=tc.p_mean, p_std=tc.p_std)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.lr_schedule == "cosine":     # per step, from the step alone (resumes exactly)
+            lr = cosine_lr(self.step, self.planned_steps(), tc.lr, tc.min_lr, tc.warmup_steps)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+        self.opt.step()
+        self.ema.update(self.model, self.step)
+        return loss.detach()
+
+    def check_finite(self, value: float) -> None:
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"loss became {value} at step {self.step} (epoch {self.epoch + 1}); stopped without saving, "
+                f"the last good checkpoint in {self.run_dir} is kept; try a lower --lr or --precision fp32")
+
+    def fit(self) -> dict:
+        tc = self.rc.train
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            removed = checkpoint.remove_stale(self.run_dir)     # leftovers of an interrupted save
+            if removed:
+                log.info("removed %s: left by an interrupted checkpoint", ", ".join(sorted(removed)))
+            if self.step == 0:              # a fresh run: no log of an earlier attempt survives
+                self.runlog.reset()
+            save_config(self.run_dir, self.rc)
+        self.last_save = time.monotonic()
+        total = tc.epochs * self.batches_per_epoch
+        if tc.max_steps:
+            total = min(total, tc.max_steps)
+        log.info("run %s: preset %s, %d parameters, %d images, device %s, precision %s, channels_last %s%s",
+                 self.run_dir, self.rc.preset, count_parameters(self.model), len(self.images),
+                 self.device, self.precision, self.channels_last,
+                 f", rank {self.rank} of {self.world}" if self.world > 1 else "")
+        show = self.progress and self.rank == 0
+        self.bar = bar = tqdm(total=total, initial=min(self.step, total), disable=not show, unit="step",
+                   dynamic_ncols=True, desc=self.rc.preset)
+        previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            finished = self._loop(bar, total)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            bar.close()
+            self.bar = None
+        if self.interrupted:
+            self.save()
+            raise TrainingInterrupted(f"interrupted at step {self.step}; saved, continue with --resume")
+        self.save()
+        if self.world > 1:
+            self.log_metrics(kind="ddp", step=self.step, world=self.world, weights_sha256=self.rank_digests())
+        if self.rank == 0:
+            self.finish_figures()
+        return {"steps": self.step, "epochs": self.epoch, "finished": finished}
+
+    def rank_digests(self) -> list[str]:
+        """SHA-256 of every rank's weights and buffers: DDP must keep them identical."""
+        h = hashlib.sha256()
+        for v in [*self.model.state_dict().values(), *self.ema.model.state_dict().values()]:
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        out = [None] * self.world
+        dist.all_gather_object(out, h.hexdigest())
+        return out
+
+    def _sum_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
+
+    def _on_sigint(self, *_):
+        if self.interrupted:   # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.interrupted = True
+
+    def _loop(self, bar, total) -> bool:
+        tc = self.rc.train
+        window, window_n, t_window = torch.zeros((), device=self.device), 0, time.perf_counter()
+        while self.epoch < tc.epochs:
+            if self.batch_pos == 0:
+                self.perm = torch.randperm(len(self.images), generator=self.perm_gen)
+                self.epoch_loss_sum.zero_()
+            # images/s of this epoch count from here (from the resume point mid-epoch)
+            self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0
+            perm = self.perm.to(self.device)
+            self.model.train()
+            while self.batch_pos < self.batches_per_epoch:
+                if tc.max_steps and self.step >= tc.max_steps:
+                    return False
+                if self.interrupted if self.world == 1 else self.stop_agreed:
+                    return False
+                first = (self.batch_pos * self.world + self.rank) * self.batch     # this rank's shard
+                idx = perm[first:first + self.batch]
+                if tc.compile and self.compile_s is None:
+                    t0 = time.perf_counter()
+                    loss = self.train_step(idx).item()   # compilation happens in the first call
+                    self.compile_s = time.perf_counter() - t0
+                    log.info("torch.compile: first step (compilation included) took %.1f s", self.compile_s)
+                    self.log_metrics(kind="compile", step=self.step + 1, seconds=round(self.compile_s, 1))
+                    loss = torch.tensor(loss, device=self.device)
+                else:
+                    loss = self.train_step(idx)
+                self.step += 1
+                self.batch_pos += 1
+                self.epoch_loss_sum += loss
+                window += loss
+                window_n += 1
+                self.epoch_imgs += self.batch * self.world
+                bar.update(1)
+                if window_n == tc.log_every or self.batch_pos == self.batches_per_epoch:
+                    # the one host sync per window; under torchrun also where all ranks agree
+                    # on stopping (Ctrl-C) and on a time-based checkpoint
+                    want_save = time.monotonic() - self.last_save > SAVE_EVERY_S
+                    flags = torch.tensor([float(self.interrupted), float(want_save)], device=self.device)
+                    agreed = self._sum_ranks(torch.cat([window.float().view(1), flags])).tolist()
+                    value = agreed[0] / (window_n * self.world)
+                    self.stop_agreed, want_save = agreed[1] > 0, agreed[2] > 0
+                    self.check_finite(value)
+                    now = time.perf_counter()
+                    ips = window_n * self.batch * self.world / (now - t_window)
+                    self.log_metrics(kind="step", step=self.step, epoch=self.epoch + 1, loss=value,
+                                     lr=self.lr(), img_per_s=round(ips, 2))
+                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.lr():.1e}", img_s=f"{ips:.0f}", **self.postfix)
+                    window.zero_()
+                    window_n, t_window = 0, time.perf_counter()
+                    if want_save:
+                        self.save()
+            self.end_epoch()
+            t_window = time.perf_counter()   # snapshot time does not count as training time
+        return True
+
+    def end_epoch(self) -> None:
+        # the mean over all ranks: every rank's LR scheduler must see the same number
+        epoch_loss = self._sum_ranks(self.epoch_loss_sum.clone()).item() / (self.batches_per_epoch * self.world)
+        self.check_finite(epoch_loss)
+        seconds = time.perf_counter() - self.epoch_t0
+        if self.rc.train.lr_schedule == "plateau":
+            self.plateau.step(epoch_loss)
+        self.epoch += 1
+        self.batch_pos = 0
+        scores = {}
+        if self.rank == 0:
+            for work in END_OF_EPOCH:
+                scores.update(work(self) or {})
+        self.log_metrics(kind="epoch", step=self.step, epoch=self.epoch, loss=epoch_loss, lr=self.lr(),
+                         img_per_s=round(self.epoch_imgs / seconds, 2), seconds=round(seconds, 1), **scores)
+        log.info("epoch %d: loss %.4f, lr %.1e, %.1f img/s%s", self.epoch, epoch_loss, self.lr(),
+                 self.epoch_imgs / seconds, "".join(f", {k} {v}" for k, v in scores.items()))
+        self.save()
+        if self.rank == 0:
+            loss_figure(self)
+
+    def finish_figures(self) -> None:
+        for work in END_OF_TRAINING:
+            work(self)
+
+
+# ---------------------------------------------------------------------- end-of-epoch and final work
+# Plain functions of the trainer (rank 0 only), run in order; the epoch's ones return scores for
+# its metrics line.
+
+def snapshots_and_collapse_scores(tr: Trainer) -> dict:
+    """Per-epoch snapshots from fixed noise (snapshots/epochE-classK.png), scored against real
+    images of the same classes; a warning naming the epoch when they collapse."""
+    tc = tr.rc.train
+    if not tc.snapshot_steps:
+        return {}
+    x = render.snapshots(tr.ema.model, tr.schedule, tr.rc.model, tr.run_dir / "snapshots", tr.epoch,
+                         per_class=tc.snapshot_per_class, steps=tc.snapshot_steps, seed=tc.seed, device=tr.device)
+    scores = tr.watch(x, tr.epoch, tr.run_dir / "snapshots")
+    short = {"diversity": "div", "label_separation": "sep", "adherence": "adh"}
+    tr.postfix = {short[k]: f"{v:.2f}" for k, v in scores.items() if k in short}
+    if tr.bar is not None:
+        tr.bar.set_postfix(epoch=tr.epoch, **tr.postfix)
+    if tr.runlog.tb is not None:
+        tr.runlog.tb.add_image("snapshots", plots.tile(x, tc.snapshot_per_class), tr.epoch, dataformats="HWC")
+    return scores
+
+
+def loss_figure(tr: Trainer) -> None:
+    plots.plot_loss(read_metrics(tr.run_dir), tr.run_dir / "loss.png", title=f"{tr.rc.preset}: training loss")
+
+
+def final_sample_grid(tr: Trainer) -> None:
+    render.sample_grid(tr.ema.model, tr.schedule, tr.rc.model, tr.run_dir / "samples" / "grid.png", per_class=8,
+                       seed=tr.rc.train.seed, steps=max(tr.rc.train.snapshot_steps, 10), device=tr.device,
+                       class_names=tr.class_names)
+
+
+def final_process_figure(tr: Trainer) -> None:
+    render.process_figure(tr.ema.model, tr.schedule, tr.rc.model, tr.run_dir / "process.png",
+                          n=4 if tr.rc.model.image_size <= 32 else 2, seed=tr.rc.train.seed,
+                          steps=max(tr.rc.train.snapshot_steps, 10), device=tr.device, class_names=tr.class_names)
+
+
+END_OF_EPOCH = (snapshots_and_collapse_scores,)
+END_OF_TRAINING = (loss_figure, final_sample_grid, final_process_figure)
+
+
+def snapshot_classifier(class_names):
+    """The FashionMNIST evaluation classifier (images in [-1, 1] -> logits) when the data is
+    FashionMNIST and its weights exist; None otherwise (then no adherence score)."""
+    if tuple(class_names) != FASHION_CLASSES:
+        return None
+    try:
+        from .classifier import load_classifier
+        clf = load_classifier(device="cpu")
+    except (ImportError, C.ConfigError, OSError) as e:
+        log.info("no label-adherence score: %s", e)
+        return None
+    return lambda x: clf(x.float().cpu())
+
+
+def train(run_dir, rc: RunConfig | None = None, *, resume: bool = False, data: ImageSet | None = None,
+          progress: bool = True, **overrides) -> dict:
+    """Train a run. resume=True continues run_dir from its checkpoint; `overrides` (e.g.
+    epochs=4, max_steps=None) then replace the saved training settings."""
+    run_dir = Path(run_dir)
+    if resume:
+        if not checkpoint.exists(run_dir):
+            what = "was stopped before its first checkpoint was complete" if (run_dir / "config.json").is_file() \
+                else "holds no run"
+            raise C.ConfigError(f"--resume: {run_dir} {what}: nothing is resumable yet; start over with the same "
+                                "command without --resume")
+        rc = load_config(run_dir)
+        rc.train = C.from_dict(C.TrainConfig, {**C.to_dict(rc.train), **overrides})
+    elif rc is None:
+        raise C.ConfigError("train needs a RunConfig (or resume=True)")
+    elif checkpoint.exists(run_dir):
+        raise C.ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    trainer = Trainer(run_dir, rc, data=data, progress=progress)
+    try:
+        if resume:
+            trainer.load()
+            if "lr" in overrides:
+                trainer.set_lr(overrides["lr"])
+        return trainer.fit()
+    finally:
+        # under torchrun: leave the process group before the interpreter exits; otherwise gloo's
+        # worker threads are torn down during finalisation and a rank can die with SIGABRT
+        # ("terminate called without an active exception") after a run that finished
+        if trainer.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
