@@ -9,7 +9,10 @@ trap 'rm -rf "$WORK"' EXIT
 python3 -m venv "$WORK/venv"
 "$WORK/venv/bin/pip" install --quiet --upgrade pip
 "$WORK/venv/bin/pip" install --quiet torch==2.13.0
-"$WORK/venv/bin/pip" wheel --quiet --no-deps --wheel-dir "$WORK/dist" .
+# build from a copy, so the checkout gets no build/ directory
+mkdir "$WORK/src"
+tar -cf - --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./runs --exclude=./demo . | tar -xf - -C "$WORK/src"
+"$WORK/venv/bin/pip" wheel --quiet --no-deps --wheel-dir "$WORK/dist" "$WORK/src"
 "$WORK/venv/bin/pip" install --quiet "$WORK"/dist/ddpmlab-*.whl
 PKG=$("$WORK/venv/bin/python" -c "import ddpmlab, os; print(os.path.dirname(ddpmlab.__file__))")
 case "$PKG" in "$PWD"*) echo "wheel check: ddpmlab imported from the checkout ($PKG)"; exit 1;; esac
