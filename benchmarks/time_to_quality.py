@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 DDPMLAB = [sys.executable, "-m", "ddpmlab.cli"]
 EVAL = ["--sampler", "dpm++2m", "--steps", "10", "--spacing", "logsnr", "--guidance", "0.3"]   # 20 NFE

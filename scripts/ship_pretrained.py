@@ -82,6 +82,7 @@ def main():
                                                  "spacing": args.spacing, "guidance_interval": interval})
     save_config(dst, rc)
     s = run_summary(run)
+    sampler, steps, guidance, spacing, _ = sampling_settings(rc)
     lines = [f"# Model card: `{args.name}`", "",
              f"Class-conditional FashionMNIST diffusion model shipped with ddpmlab (`ddpmlab sample {args.name}`).", "",
              "| | |", "|---|---|",
@@ -96,9 +97,9 @@ def main():
              f"| recipe | {recipe(rc)} |",
              "| weights | `ema.safetensors` (the EMA weights) |",
              f"| last logged loss | {s['final_loss']:.4f} |" if s["final_loss"] else "",
-             "| sampling defaults | {}, {} {} steps, guidance {:g}{} (config.json \"sampling\"; flags override) |".format(
-                 *sampling_settings(rc)[:2], sampling_settings(rc)[3], sampling_settings(rc)[2],
-                 f" for t in {interval[0]}..{interval[1]}" if interval else ""), ""]
+             f"| sampling defaults | {sampler}, {steps} {spacing} steps, guidance {guidance:g}"
+             f"{f' for t in {interval[0]}..{interval[1]}' if interval else ''} (config.json \"sampling\"; flags override) |",
+             ""]
     if args.note:
         lines += [args.note, ""]
     evals = sorted(run_eval_dir(run).glob("*.json")) if run_eval_dir(run).is_dir() else []

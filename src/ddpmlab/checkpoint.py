@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .runtime import fsync_dir
+
 MANIFEST = "checkpoint.json"
 FORMAT = 1                                   # of the manifest; a newer one is refused
 FILES = ("model.safetensors", "ema.safetensors", "state.pt")
@@ -63,12 +65,11 @@ fault_hook: Callable[[str], None] = _env_fault
 
 # ------------------------------------------------------------------------------ durable writes
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -101,10 +102,7 @@ def write(run_dir: Path, step: int, files: dict[str, bytes], meta: dict | None =
         tmp.mkdir(parents=True)
         listed = {}
         for name, data in files.items():
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_synced(tmp / name, data)
             listed[name] = {"sha256": sha256_bytes(data), "bytes": len(data)}
             fault_hook(f"wrote:{name}")
         fsync_dir(tmp)
@@ -114,10 +112,7 @@ def write(run_dir: Path, step: int, files: dict[str, bytes], meta: dict | None =
         fault_hook("renamed")
         manifest = {"format": FORMAT, "step": step, "dir": final.name, "files": listed, **(meta or {})}
         new = run_dir / (MANIFEST + ".tmp")
-        with open(new, "w") as f:
-            f.write(json.dumps(manifest, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(new, (json.dumps(manifest, indent=2) + "\n").encode())
         fault_hook("manifest-written")
         os.replace(new, run_dir / MANIFEST)             # the publishing rename
         published = True
@@ -252,10 +247,12 @@ def save_training(run_dir, step: int, model, ema_model, state: dict, meta: dict 
     from safetensors.torch import save
 
     import torch
-
-    def tensors(m):
-        return {k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()}
     buf = io.BytesIO()
     torch.save(state, buf)
-    return write(run_dir, step, {"model.safetensors": save(tensors(model)), "ema.safetensors": save(tensors(ema_model)),
-                                 "state.pt": buf.getvalue()}, meta)
+    return write(run_dir, step, {"model.safetensors": save(state_tensors(model)),
+                                 "ema.safetensors": save(state_tensors(ema_model)), "state.pt": buf.getvalue()}, meta)
+
+
+def state_tensors(module) -> dict:
+    """What a safetensors file holds of a module: its state_dict, contiguous, on the CPU."""
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}

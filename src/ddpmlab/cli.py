@@ -69,27 +69,12 @@ def cmd_train(args) -> None:
         loss_weighting=args.loss_weighting, t_sampling=args.t_sampling, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, ema_halflife_kimg=args.ema_halflife_kimg).items()
         if v is not None}
-    if args.resume and (args.recipe or args.prediction):
-        # a recipe's training settings apply like flags; what the network outputs cannot change
+    if args.resume:
+        # a recipe's training settings apply like flags; the network (model, prediction) cannot change
         recipe = C.get_recipe(args.recipe) if args.recipe else {"diffusion": {}, "train": {}}
         overrides = {**recipe["train"], **overrides}
-        want = args.prediction or recipe["diffusion"].get("prediction")
-        if want and (out_cfg := Path(out) / "config.json").is_file():
-            from .run import load_config
-            have = load_config(out).diffusion.prediction
-            if want != have:
-                raise C.ConfigError(f"--prediction {want}: {out_cfg} was trained with prediction {have}; "
-                                    "a run being resumed keeps it")
-    if args.resume:
-        if args.set and (out_cfg := Path(out) / "config.json").is_file():
-            # the same command again with --resume is fine; a different model is not
-            from .run import load_config
-            saved = C.to_dict(load_config(out).model)
-            changed = {k: v for k, v in C.to_dict(C.from_dict(C.ModelConfig, {**saved, **parse_set(args.set)})).items()
-                       if saved[k] != v}
-            if changed:
-                raise C.ConfigError(f"--set cannot change the model of a run being resumed ({out_cfg} has "
-                                    + ", ".join(f"{k}={saved[k]}" for k in changed) + ")")
+        _check_resume_keeps_the_network(Path(out), parse_set(args.set),
+                                        args.prediction or recipe["diffusion"].get("prediction"))
         result = train(out, resume=True, progress=not args.quiet, **overrides)
     else:
         rc = make_run_config(args.preset, parse_set(args.set), recipe=args.recipe,
@@ -101,6 +86,23 @@ def cmd_train(args) -> None:
         result = train(out, rc, progress=not args.quiet)
     state = "finished" if result["finished"] else "stopped (resume with --resume)"
     print(f"{out}: {state} after {result['steps']} steps, {result['epochs']} epochs")
+
+
+def _check_resume_keeps_the_network(out, model_set: dict, prediction: str | None) -> None:
+    """The same command again with --resume is fine; a different network is not."""
+    out_cfg = out / "config.json"
+    if not (model_set or prediction) or not out_cfg.is_file():
+        return                                  # train() says what is wrong with a run that is not there
+    from .run import load_config
+    saved = load_config(out)
+    if prediction and prediction != saved.diffusion.prediction:
+        raise C.ConfigError(f"--prediction {prediction}: {out_cfg} was trained with prediction "
+                            f"{saved.diffusion.prediction}; a run being resumed keeps it")
+    have = C.to_dict(saved.model)
+    changed = [k for k, v in C.to_dict(C.from_dict(C.ModelConfig, {**have, **model_set})).items() if have[k] != v]
+    if changed:
+        raise C.ConfigError(f"--set cannot change the model of a run being resumed ({out_cfg} has "
+                            + ", ".join(f"{k}={have[k]}" for k in changed) + ")")
 
 
 def _check_steps(steps: int | None) -> None:

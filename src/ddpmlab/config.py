@@ -179,7 +179,8 @@ class TrainConfig:
 # Named training recipes: overrides applied before explicit flags (`train --recipe NAME`). The
 # presets keep the write-up's recipe (TrainConfig's defaults) unless a recipe is asked for.
 #
-# "fast", chosen from the literature (not measured here):
+# "fast", chosen from the literature and measured only as a whole, against the write-up's recipe
+# (README, "Quality per CPU-minute"):
 #   - v-prediction (Salimans & Ho 2022): the target has unit variance at every noise level, so the
 #     network is neither asked for eps at low SNR (where it barely matters) nor x0 from eps at high
 #     SNR; the usual partner of min-SNR and of few-step samplers.

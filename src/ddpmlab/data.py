@@ -271,16 +271,10 @@ def load_image_folder(path, size: int = 64, channels: int = 3, progress: bool = 
     cache = folder_cache_dir() / _cache_key(root, files, size, channels)
     if (cache / "meta.json").is_file():
         meta = json.loads((cache / "meta.json").read_text())
-        if meta["files"] != meta["images"] and not skip_unreadable:
-            raise DataError(f"{root}: {meta['files'] - meta['images']} of {meta['files']} image files cannot be "
-                            f"read (first: {meta.get('first_unreadable', '?')}); delete them, or pass "
-                            "--skip-unreadable to train without them")
+        _check_unreadable(root, meta, skip_unreadable)
         images = np.load(cache / "images.npy")
         labs = np.load(cache / "labels.npy") if meta["labelled"] else None
         log.info("%s: %d images from the cache %s", root, len(images), cache)
-        if meta["files"] != meta["images"]:
-            log.warning("%s: %d of %d image files could not be read and were skipped (first: %s)", root,
-                        meta["files"] - meta["images"], meta["files"], meta.get("first_unreadable"))
     else:
         images, labs, bad = _decode_all(root, files, labels, size, channels, progress)
         cache.mkdir(parents=True, exist_ok=True)
@@ -292,14 +286,23 @@ def load_image_folder(path, size: int = 64, channels: int = 3, progress: bool = 
                 "first_unreadable": str(bad[0]) if bad else None}
         # written last: marks the cache complete
         atomic_write(cache / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
-        if bad and not skip_unreadable:
-            raise DataError(f"{root}: {len(bad)} of {len(files)} image files cannot be read (first: {bad[0]}); "
-                            "delete them, or pass --skip-unreadable to train without them")
-        if bad:
-            log.warning("%s: %d of %d image files could not be read and were skipped (first: %s)",
-                        root, len(bad), len(files), bad[0])
+        _check_unreadable(root, meta, skip_unreadable)
     return ImageSet(torch.from_numpy(images), None if labs is None else torch.from_numpy(labs),
                     len(names), tuple(names), str(root), cache.name)
+
+
+def _check_unreadable(root: Path, meta: dict, skip: bool) -> None:
+    """Files of the folder that could not be decoded (the cache's meta counts them): a DataError
+    naming the first, or with skip a warning."""
+    bad = meta["files"] - meta["images"]
+    if not bad:
+        return
+    if not skip:
+        raise DataError(f"{root}: {bad} of {meta['files']} image files cannot be read (first: "
+                        f"{meta.get('first_unreadable', '?')}); delete them, or pass --skip-unreadable to train "
+                        "without them")
+    log.warning("%s: %d of %d image files could not be read and were skipped (first: %s)", root, bad,
+                meta["files"], meta.get("first_unreadable"))
 
 
 def _decode_all(root, files, labels, size, channels, progress):

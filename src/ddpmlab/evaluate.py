@@ -80,7 +80,7 @@ class TestSetReference:
     def __init__(self, weights: Path, device="cpu"):
         self.weights = weights
         self.model = load_classifier(weights, device=device)
-        self.sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+        self.sha = file_sha256(weights)
         test = load_fashion_mnist("test")
         self.labels = test.labels.numpy()
         self.feats, logits, self.radii = _cached_features(self.model, test.images, f"test-{self.sha[:16]}")
@@ -101,6 +101,12 @@ class TestSetReference:
         if self._train is None:
             self._train = load_fashion_mnist("train")
         return self._train
+
+
+@lru_cache(maxsize=8)
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a weights file, read once per process (the classifier: every evaluation keys on it)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def eval_cache_dir() -> Path:
@@ -233,11 +239,6 @@ def evaluate_npz(path, n: int | None = None, **kw) -> dict:
     return evaluate_images(images, labels, source=str(path), input_range=note, **kw)
 
 
-@lru_cache(maxsize=8)
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def run_eval_dir(run_dir) -> Path:
     """Where a run's evaluations are kept: RUN/eval, or for a model shipped inside the package,
     the user cache (never the package)."""
@@ -272,7 +273,7 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps
     from .classifier import PRETRAINED
     clf = Path(kw.get("classifier") or PRETRAINED)
     key = {"weights_sha256": checkpoint.sha256(run_dir, "ema.safetensors"),
-           "classifier_sha256": _file_sha256(clf) if clf.is_file() else None, "ddpmlab": __version__}
+           "classifier_sha256": file_sha256(clf) if clf.is_file() else None, "ddpmlab": __version__}
     if not kw.get("inception_weights") and path.is_file():
         try:
             old = json.loads(path.read_text())

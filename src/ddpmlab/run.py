@@ -110,13 +110,8 @@ def load_config(run_dir: Path) -> RunConfig:
                        "that wrote it") from None
 
 
-def state_tensors(module: torch.nn.Module) -> dict:
-    """What a safetensors file holds of a module: its state_dict, contiguous, on the CPU."""
-    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-
-
 def save_weights(module: torch.nn.Module, path: Path) -> None:
-    tensors = state_tensors(module)
+    tensors = checkpoint.state_tensors(module)
     atomic_write(path, lambda p: save_file(tensors, str(p)))
 
 

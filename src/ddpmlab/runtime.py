@@ -123,13 +123,18 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         tmp.unlink(missing_ok=True)
         raise
     try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path.parent)
     except OSError:     # some filesystems refuse fsync on a directory; the rename has happened
         pass
+
+
+def fsync_dir(path) -> None:
+    """Make a rename in `path` durable: fsync the directory itself."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_save_numpy(path: str | os.PathLike, save, *args, **kwargs) -> None:

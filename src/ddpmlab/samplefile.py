@@ -17,9 +17,8 @@ import torch
 
 from .config import ConfigError
 from .data import to_uint8
+from .metrics import NUM_CLASSES
 from .runtime import atomic_save_numpy
-
-NUM_CLASSES = 10
 
 
 class SampleFileError(ConfigError):
