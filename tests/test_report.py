@@ -6,11 +6,11 @@ import pytest
 
 from ddpmlab import cli, reproduce as R
 
-TINY_BUDGET = ({"resnet": {"channels": 8, "num_blocks": 2, "time_dim": 16},
-                "unet": {"channels": 8, "channel_mults": (1, 2), "blocks_per_level": 1, "time_dim": 16}},
-               {"epochs": 2, "subset": 128, "batch_size": 32, "snapshot_steps": 2, "snapshot_per_class": 2,
-                "device": "cpu"},
-               {"n": 40, "sampler": "ddim", "steps": 3})
+TINY_BUDGET = R.Budget({"resnet": {"channels": 8, "num_blocks": 2, "time_dim": 16},
+                       "unet": {"channels": 8, "channel_mults": (1, 2), "blocks_per_level": 1, "time_dim": 16}},
+                      {"epochs": 2, "subset": 128, "batch_size": 32, "snapshot_steps": 2, "snapshot_per_class": 2,
+                       "device": "cpu"},
+                      {"n": 40, "sampler": "ddim", "steps": 3}, "A tiny budget.")
 
 
 @pytest.fixture
@@ -61,10 +61,9 @@ def images_in_a_browser(page) -> list[tuple[bool, int]]:
 
 
 def test_reproduce_resumes_an_unfinished_run(tmp_path, tiny_budget):
-    from ddpmlab.train import make_run_config, train
-    model_over, train_over, _ = TINY_BUDGET
+    from ddpmlab.train import train
     run = tmp_path / "runs" / "resnet-basic"
-    train(run, make_run_config("resnet-basic", model_over["resnet"], **{**train_over, "max_steps": 3}), progress=False)
+    train(run, TINY_BUDGET.run_config("resnet-basic", max_steps=3), progress=False)
     R.reproduce(tmp_path, "quick", presets=["resnet-basic"], progress=False)
     epochs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in epochs if m["kind"] == "epoch"] == [1, 2]

@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("reproduce", help="train the whole ladder, evaluate every model, write the report")
-    p.add_argument("--budget", default="quick", choices=("quick", "full"))
+    p.add_argument("--budget", default="quick", choices=("quick", "standard", "full"))
     p.add_argument("--out", default="reproduce")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_reproduce)
