@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: timing a call, the folder they write in, diffusers' matched UNet.
+"""What the benchmark scripts share: timing a call, the folder they write in, what they ran on and
+how they were called, diffusers' matched UNet.
 
 The scripts import it as `from common import ...`: benchmarks/ is on sys.path when one runs as
 `.venv/bin/python benchmarks/NAME.py`. For autocast they use `ddpmlab.runtime.autocast`, as ddpmlab does.
@@ -6,7 +7,10 @@ The scripts import it as `from common import ...`: benchmarks/ is on sys.path wh
 from __future__ import annotations
 
 import os
+import platform
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +50,26 @@ def output_dir(name: str, out: str | os.PathLike | None = None) -> Path:
         path = ROOT / "runs" / "bench" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def machine() -> str:
+    """One line naming what a result was measured on: CPU model, cores, torch's threads, OS, torch."""
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}; {platform.platform()}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def command_line() -> str:
+    """The command that started this process, quoted so that it can be pasted back into a shell."""
+    exe = os.path.relpath(sys.executable) if sys.executable else "python"
+    return shlex.join([exe if not exe.startswith("..") else sys.executable, *sys.argv])
 
 
 def diffusers_unet():

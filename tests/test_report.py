@@ -32,12 +32,34 @@ def test_reproduce_writes_report_and_skips_finished_runs(tmp_path, tiny_budget, 
     for p in presets:
         evals = list((tmp_path / "runs" / p / "eval").glob("*.json"))
         assert len(evals) == 1 and json.loads(evals[0].read_text())["n"] == 40
-    # interrupted or not, a second call trains nothing and reuses the cached evaluations
+    # the findings: a verdict for each of (a)-(h), the deciding figures of those measured
+    assert "The write-up's findings, checked" in text
+    for key in "abcdefgh":
+        assert f"| ({key}) |" in text
+    assert "### (c) Class embeddings make classes askable:" in text and "cond_acc" in text
+    assert "### (d) UNet with the class at the input only" in text
+    assert "finding-confusion-unets.png" in text and (tmp_path / "figures" / "finding-confusion-unets.png").is_file()
+    assert "init_study.py" in text                      # (g): not measured yet, and says how to
+    timing = json.loads((tmp_path / "timing.json").read_text())["seconds"]
+    assert set(timing) == {f"train {p}" for p in presets} | {"evaluate and report"}
+    # interrupted or not, a second call trains nothing and reuses the cached evaluations; a
+    # study written into OUT/studies since then enters the findings
     mtimes = {p: (tmp_path / "runs" / p / "checkpoint.json").stat().st_mtime for p in presets}
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copyfile(tmp_path / "figures" / "finding-confusion-unets.png", studies / "init.png")
+    at = {"1": 9.0, "10": 0.9, "100": 0.1}
+    (studies / "init.json").write_text(json.dumps({"steps": 100, "seeds": [0], "variants": {
+        "ddpmlab": {"loss_at": {"1": 1.0, "10": 0.3, "100": 0.06}}, "pytorch-default": {"loss_at": at}}}))
     caplog.set_level("INFO")
     R.reproduce(tmp_path, "quick", presets=presets, progress=False)
     assert "resnet-basic: finished earlier, skipped" in caplog.text
     assert mtimes == {p: (tmp_path / "runs" / p / "checkpoint.json").stat().st_mtime for p in presets}
+    text = md.read_text()
+    assert "### (g) The basic model's initialisation is suboptimal: reproduced" in text
+    assert "finding-study-init.png" in text
+    assert json.loads((tmp_path / "timing.json").read_text())["seconds"]["train resnet-basic"] == \
+        timing["train resnet-basic"]                    # a skipped run adds no training time
 
 
 def images_in_a_browser(page) -> list[tuple[bool, int]]:

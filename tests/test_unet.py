@@ -1,17 +1,19 @@
 """The UNet in tiny configs: every class_cond x norm builds, saves/loads, listens to its label,
-learns; its skips are never modified in place; it convolves before it downsamples; guidance;
-image folders as a data source."""
+learns; its skips are never modified in place; it convolves before it downsamples; the switches
+that reproduce those two bugs (residual_inplace, pool_first); guidance; image folders as a data
+source."""
 import logging
 import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from ddpmlab import cli, data as D
 from ddpmlab import render
-from ddpmlab.config import PRESETS, ModelConfig, get_preset
+from ddpmlab.config import PRESETS, ConfigError, ModelConfig, get_preset, to_dict
 from ddpmlab.diffusion import ddim, loss_fn, make_schedule, make_timesteps, PerImageNoise
 from ddpmlab.models import build_model, count_parameters
 from ddpmlab.models.layers import Norm, ResBlock
@@ -227,6 +229,77 @@ def test_levels_convolve_before_they_downsample():
     for i in reductions:
         prev_in, prev_out, prev_stride = trace[i - 1]
         assert prev_stride == 1 and prev_in == prev_out == trace[i][0]
+
+
+# --------------------------------------------------------------------------- the two bugs, switched on
+
+def test_residual_inplace_changes_the_kept_skips_and_still_trains():
+    """residual_inplace: each skip is modified in place after it is kept, so what the up path
+    concatenates is silu(the skip as kept); the output differs from the default with the same
+    weights, and forward + backward run (autograd's version check does not object)."""
+    buggy = randomise(tiny(channel_mults=(1, 2, 2), residual_inplace=True)).train()
+    kept, _ = watch_skips(buggy)
+    consumed = []   # (version of the kept skip when the up level reads it, the skip channels it reads)
+    for j, level in enumerate(buggy.up):   # up level j concatenates skip n-1-j before its first block
+        def pre_hook(_, args, j=j):
+            skip = kept[len(kept) - 1 - j][0]
+            consumed.append((skip._version, args[0][:, -skip.shape[1]:].detach().clone()))
+        level.blocks[0].register_forward_pre_hook(pre_hook)
+    x, t = inputs()
+    label = torch.tensor([1, 2, 3, 4])
+    buggy(x, t, label).square().mean().backward()
+    assert len(kept) == len(consumed) == 3
+    for (_, as_kept, version_kept), (version_read, read) in zip(reversed(kept), consumed):
+        assert version_read > version_kept                      # written to between keeping and reading
+        torch.testing.assert_close(read, F.silu(as_kept), rtol=0, atol=0)
+        assert not torch.allclose(read, as_kept, atol=1e-3)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in buggy.parameters())
+
+    default = tiny(channel_mults=(1, 2, 2))
+    default.load_state_dict(buggy.state_dict())                # the same weights, strictly
+    default.eval(), buggy.eval()
+    with torch.no_grad():
+        assert not torch.allclose(default(x, t, label), buggy(x, t, label), atol=1e-4)
+
+
+def test_residual_inplace_gradients_are_those_of_the_computation():
+    """The in-place SiLU is differentiated correctly (not silently wrong, as an in-place write
+    through .data would be): analytic gradients match finite differences, float64."""
+    model = randomise(tiny(channel_mults=(1, 2), residual_inplace=True, time_cond=False)).double().train()
+    x, t = inputs(2, 8)
+    x = x.double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: model(x, t, torch.tensor([1, 2])), (x,))
+
+
+def test_pool_first_begins_every_lower_level_with_max_pooling():
+    default = tiny(channel_mults=(1, 2, 2))
+    pooled = tiny(channel_mults=(1, 2, 2), pool_first=True)
+    downsamples = [m for m in default.modules() if isinstance(m, Downsample)]
+    assert len(downsamples) == 2 and not any(isinstance(m, Downsample) for m in pooled.modules())
+    assert count_parameters(default) - count_parameters(pooled) == sum(count_parameters(d) for d in downsamples)
+    # what every level keeps as its skip and what it starts from
+    outs, ins = [], []
+    for level in pooled.down:
+        level.blocks[-1].register_forward_hook(lambda _, __, out: outs.append(out))
+        level.blocks[0].register_forward_pre_hook(lambda _, args: ins.append(args[0]))
+    x, t = inputs()
+    with torch.no_grad():
+        assert pooled(x, t, torch.tensor([1, 2, 3, 4])).shape == x.shape
+    assert [o.shape[-1] for o in outs] == [28, 14, 7]
+    for above, level_input in zip(outs, ins[1:]):
+        assert torch.equal(level_input, F.max_pool2d(above, 2, ceil_mode=True))
+    # odd sizes: 7 -> 4 and back
+    deeper = tiny(channel_mults=(1, 2, 2, 2), pool_first=True)
+    with torch.no_grad():
+        assert deeper(x, t, torch.tensor([1, 2, 3, 4])).shape == x.shape
+
+
+def test_the_bug_switches_are_unet_only_and_off_in_every_preset():
+    for bug in ("residual_inplace", "pool_first"):
+        with pytest.raises(ConfigError, match=f"{bug}.*arch unet"):
+            ModelConfig(arch="resnet", **{bug: True}).validate()
+        assert all(not getattr(p.model, bug) and bug not in to_dict(p.model) for p in PRESETS.values())
+        assert to_dict(ModelConfig(arch="unet", **{bug: True}))[bug] is True
 
 
 # --------------------------------------------------------------------------- presets and guidance

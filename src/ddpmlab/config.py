@@ -45,6 +45,8 @@ class ModelConfig:
     class_dim: int = 4              # width of the learned class embedding
     class_cond: str = "input"       # "input" | "cbn" | "block" (where the class enters)
     attention: bool = False         # unet: self-attention at the lowest resolution
+    residual_inplace: bool = _opt(False)  # unet: reproduces the write-up's bug "tensors are CoW"; off in every preset
+    pool_first: bool = _opt(False)        # unet: reproduces its bug "pooling as first step"; off in every preset
 
     def validate(self) -> "ModelConfig":
         _check_choice("arch", self.arch, ("resnet", "unet"))
@@ -56,6 +58,10 @@ class ModelConfig:
         if self.arch == "unet" and (not self.channel_mults or min(self.channel_mults) < 1 or self.blocks_per_level < 1):
             raise ConfigError(f"unet needs channel_mults of positive integers and blocks_per_level >= 1, "
                               f"got {self.channel_mults} and {self.blocks_per_level}")
+        for bug in ("residual_inplace", "pool_first"):   # both act between the levels of a UNet
+            if getattr(self, bug) and self.arch != "unet":
+                raise ConfigError(f"{bug} reproduces a bug of the write-up's UNet; arch {self.arch!r} has no levels "
+                                  "(valid only with arch unet)")
         return self
 
 

@@ -53,8 +53,8 @@ from .classifier import PRETRAINED, load_classifier, predict
 from .config import ConfigError
 from .data import FASHION_CLASSES, load_fashion_mnist, to_uint8
 from .defaults import SAMPLE_PRECISION
-from .metrics import (K_NN, NUM_CLASSES, collapsed_classes, entropy, fd, frechet_distance, gauss, knn_radii,
-                      nn_distances, precision_recall)
+from .metrics import (K_NN, NUM_CLASSES, collapsed_classes, confusion, entropy, fd, frechet_distance, gauss,
+                      knn_radii, nn_distances, precision_recall)
 from .runtime import atomic_save_numpy, atomic_write, resolve_device, resolve_precision, user_cache_dir
 from .samplefile import SampleFileError, load_samples  # noqa: F401  (SampleFileError: part of this API)
 
@@ -63,6 +63,7 @@ log = logging.getLogger("ddpmlab.evaluate")
 DUP_PERCENTILE = 1.0        # near-duplicate: closer than the 1st percentile of real NN distances
 MODE_COLLAPSE_FRAC = 0.25   # flag when over 25% of samples have a near-duplicate (real: 1-3%)
 MISSING_SHARE = 0.25        # a class is missing when predicted for < 1/4 of a uniform share
+METRICS_VERSION = 2         # bumped when a result gains fields: cached evaluations of older ones are redone
 FLOOR_SEED = 0              # which real images make the floor: fixed, whatever the sampling seed
 INCEPTION_FILE = ("pt_inception-2015-12-05-6726825d.pth (the pytorch-fid GitHub releases, tag fid_weights; "
                   "used through torch-fidelity)")
@@ -165,7 +166,10 @@ def _side(ref: TestSetReference, feats, preds, labels, dup_threshold) -> dict:
     out = {"fd": fd(feats, ref.stats), "precision": precision, "recall": recall,
            "pred_hist": hist.tolist(), "pred_entropy": entropy(hist),
            "dup_frac": float((nn_distances(feats) < dup_threshold).mean())}
+    # unconditional samples: each class the classifier sees, against the test images of that class
+    out["per_pred_class_fd"] = [fd(feats[preds == k], ref.class_stats[k]) for k in range(NUM_CLASSES)]
     if labels is not None:
+        out["confusion"] = confusion(labels, preds).tolist()
         out["per_class_fd"] = [fd(feats[labels == k], ref.class_stats[k]) for k in range(NUM_CLASSES)]
         out["cond_acc"] = float((preds == labels).mean())
         out["cond_acc_per_class"] = [float((preds[labels == k] == k).mean()) if (labels == k).any() else None
@@ -215,6 +219,8 @@ def evaluate_images(images_u8: torch.Tensor, labels: torch.Tensor | None = None,
         "class_names": list(FASHION_CLASSES),
         "fd": s["fd"], "fd_floor": f["fd"],
         "per_class_fd": s.get("per_class_fd"), "per_class_fd_floor": f.get("per_class_fd"),
+        "per_pred_class_fd": s["per_pred_class_fd"], "per_pred_class_fd_floor": f["per_pred_class_fd"],
+        "confusion": s.get("confusion"),
         "cond_acc": s.get("cond_acc"), "cond_acc_per_class": s.get("cond_acc_per_class"),
         "pred_hist": s["pred_hist"], "pred_hist_floor": f["pred_hist"],
         "pred_entropy": s["pred_entropy"], "pred_entropy_floor": f["pred_entropy"],
@@ -273,7 +279,8 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps
     from .classifier import PRETRAINED
     clf = Path(kw.get("classifier") or PRETRAINED)
     key = {"weights_sha256": checkpoint.sha256(run_dir, "ema.safetensors"),
-           "classifier_sha256": file_sha256(clf) if clf.is_file() else None, "ddpmlab": __version__}
+           "classifier_sha256": file_sha256(clf) if clf.is_file() else None, "ddpmlab": __version__,
+           "metrics": METRICS_VERSION}
     if not kw.get("inception_weights") and path.is_file():
         try:
             old = json.loads(path.read_text())

@@ -74,6 +74,11 @@ def entropy(counts: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum()) + 0.0          # + 0.0: no "-0.000" for a single class
 
 
+def confusion(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """(10, 10) counts: row = requested class, column = the class the classifier sees."""
+    return np.bincount(labels * NUM_CLASSES + preds, minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
+
+
 def collapsed_classes(preds: np.ndarray, labels: np.ndarray, names=None) -> list[dict]:
     """Requested classes whose samples are mostly (> 50%) classified as something else, each with
     the class they most often became; names: the class names (default: their numbers)."""

@@ -143,3 +143,81 @@ def plot_process(frames: list[tuple[int, torch.Tensor, torch.Tensor]], path, row
                  fontsize=8)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
     _savefig(fig, path)
+
+
+# ------------------------------------------------------------------ figures that compare runs
+
+def plot_loss_overlay(runs: dict, path, title: str = "", batch: int = 64) -> None:
+    """Smoothed training loss of several runs on one axis, against training images seen.
+    runs: name -> metrics records."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, metrics in runs.items():
+        steps = [m for m in metrics if m.get("kind") == "step"]
+        if steps:
+            x = np.array([m["step"] for m in steps]) * batch
+            ax.plot(x, _smooth(np.array([m["loss"] for m in steps])), lw=1.6, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("training images seen")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _savefig(fig, path)
+
+
+def plot_confusions(confusions: dict, class_names, path) -> None:
+    """For each model, per requested class (row) the histogram of the classes the classifier
+    sees (columns), as a fraction of the row. confusions: name -> (10, 10) counts."""
+    names = list(confusions)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names) + 0.6, 3.6), squeeze=False)
+    short = [c.split("/")[0][:7] for c in class_names]
+    for ax, name in zip(axes[0], names):
+        m = np.asarray(confusions[name], dtype=float)
+        m = m / np.maximum(m.sum(1, keepdims=True), 1)
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1)
+        ax.set_xticks(range(len(short)), short, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(short)), short, fontsize=6)
+        ax.set_xlabel("classified as", fontsize=7)
+        ax.set_title(name, fontsize=8)
+    axes[0, 0].set_ylabel("requested class", fontsize=7)
+    fig.colorbar(im, ax=list(axes[0]), fraction=0.02, pad=0.02, label="share of the requested class")
+    fig.suptitle("what each model draws when asked for a class (a perfect model: the diagonal)", fontsize=9)
+    _savefig(fig, path)
+
+
+def plot_class_bars(values: dict, class_names, path, ylabel: str, title: str = "") -> None:
+    """Grouped bars, one group per class: values: name -> 10 numbers (None: no bar)."""
+    names = list(values)
+    k = len(class_names)
+    w = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    for i, name in enumerate(names):
+        v = [np.nan if x is None else x for x in values[name]]
+        ax.bar(np.arange(k) + (i - (len(names) - 1) / 2) * w, v, w, label=name)
+    ax.set_xticks(range(k), [c.split("/")[0][:9] for c in class_names], fontsize=7, rotation=30)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    _savefig(fig, path)
+
+
+def plot_monitor(runs: dict, path, batch: int = 64) -> None:
+    """The collapse monitor's per-epoch scores of several runs against training images: sample
+    diversity and label separation (relative to real images) and label adherence."""
+    keys = [("diversity", "diversity (real = 1)"), ("label_separation", "label separation (real = 1)"),
+            ("adherence", "label adherence")]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, (key, label) in zip(axes, keys):
+        for name, metrics in runs.items():
+            ep = [m for m in metrics if m.get("kind") == "epoch" and key in m]
+            if ep:
+                ax.plot([m["step"] * batch for m in ep], [m[key] for m in ep], "o-", ms=3, lw=1.4, label=name)
+        ax.axhline(0.2 if key != "adherence" else 0.1, color="tab:red", ls="--", lw=1)
+        ax.set_xlabel("training images seen", fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("collapse monitor per epoch (dashed: collapse thresholds; adherence: chance)", fontsize=9)
+    _savefig(fig, path)

@@ -22,6 +22,7 @@ from PIL import Image  # noqa: E402
 
 from .config import ConfigError  # noqa: E402
 from .evaluate import cached_evaluate_run  # noqa: E402
+from .findings import ACC_CLEAR, FD_CLEAR, NOT_MEASURED, all_findings, read_studies  # noqa: E402
 from .models import build_model, count_parameters  # noqa: E402
 from .render import parse_snapshot_name  # noqa: E402
 from .run import load_config, read_metrics, resolve_run  # noqa: E402
@@ -144,30 +145,79 @@ def result_row(s: dict, r: dict | None) -> list:
             _flags(r) if r else "not evaluated"]
 
 
-def findings(summaries: dict, results: dict) -> list[str]:
-    """The write-up's claims, checked against these runs, said plainly either way."""
-    out = []
-    b, nz = summaries.get("resnet-basic"), summaries.get("resnet-noise")
-    if b and nz and b["final_loss"] and nz["final_loss"]:
-        better = nz["final_loss"] < b["final_loss"]
-        out.append(f"Time conditioning {'beats' if better else 'does NOT beat'} none: final loss "
-                   f"{nz['final_loss']:.4f} (resnet-noise) vs {b['final_loss']:.4f} (resnet-basic)"
-                   + (f"; fd {results['resnet-noise']['fd']:.2f} vs {results['resnet-basic']['fd']:.2f}"
-                      if results.get("resnet-noise") and results.get("resnet-basic") else "") + ".")
-    rc = results.get("resnet-class")
-    if rc and rc.get("cond_acc") is not None:
-        out.append(f"Class embeddings give label adherence: cond_acc {rc['cond_acc']:.3f} for resnet-class "
-                   f"(chance 0.1; the classifier scores {rc.get('classifier_test_acc', float('nan')):.3f} on real images).")
-    ui, ub = results.get("unet-input"), results.get("unet-block")
-    if ui and ub and ui.get("cond_acc") is not None and ub.get("cond_acc") is not None:
-        if ui["cond_acc"] < ub["cond_acc"]:
-            out.append(f"unet-input adheres to labels worse than unet-block: cond_acc {ui['cond_acc']:.3f} vs "
-                       f"{ub['cond_acc']:.3f}, as the write-up found.")
-        else:
-            out.append(f"This budget does NOT show unet-input adhering worse than unet-block: cond_acc "
-                       f"{ui['cond_acc']:.3f} vs {ub['cond_acc']:.3f}. The write-up's failure appeared after "
-                       "several epochs; a longer budget is needed to see it (or it does not reproduce).")
-    return out
+FINDING_CAPTIONS = {
+    "loss-basic-noise": "training loss with and without the noise level, against images seen",
+    "same-seeds-resnet": "the ResNet ladder from the same seeds (one row per model; resnet-class: classes 0-9)",
+    "per-class-fd-spatial": "per-class fd (samples grouped by the class the classifier sees; lower is better)",
+    "samples-resnet-class": "resnet-class: one row per requested class",
+    "confusion-unets": "per requested class, the histogram of the classes the classifier sees",
+    "monitor-unets": "the collapse monitor across epochs",
+    "snapshots-unets": "snapshots from fixed noise across epochs",
+    "study-init": "the first training steps of resnet-basic under each initialisation (benchmarks/init_study.py)",
+    "study-good_bugs": "training loss with each good bug switched on (benchmarks/good_bugs.py)",
+    "study-good_bugs-samples": "samples from the same seeds, classes 0-9, per variant (benchmarks/good_bugs.py)",
+    "study-collapse": "long UNet runs under the collapse monitor (benchmarks/collapse_study.py)",
+}
+
+
+def draw_finding_figures(wanted: set, by_preset: dict, results: dict, metrics: dict, out: Path, fig_dir: Path,
+                         sampling: dict) -> dict:
+    """name -> PNG for every figure of FINDING_CAPTIONS in `wanted` whose runs or studies exist."""
+    from . import plots
+    from .data import FASHION_CLASSES
+    figs = {}
+
+    def have(*presets):
+        return all(p in by_preset for p in presets)
+
+    def add(name, path):
+        if Path(path).is_file():
+            figs[name] = Path(path)
+
+    if "loss-basic-noise" in wanted and have("resnet-basic", "resnet-noise"):
+        plots.plot_loss_overlay({p: metrics[p] for p in ("resnet-basic", "resnet-noise")},
+                                fig_dir / "finding-loss-basic-noise.png", "resnet-basic (no noise level) vs resnet-noise")
+        add("loss-basic-noise", fig_dir / "finding-loss-basic-noise.png")
+    ladder = [p for p in ("resnet-basic", "resnet-noise", "resnet-spatial", "resnet-class") if p in by_preset]
+    if "same-seeds-resnet" in wanted and len(ladder) >= 2:
+        same_seed_rows({p: by_preset[p] for p in ladder}, fig_dir / "finding-same-seeds-resnet.png", sampling)
+        add("same-seeds-resnet", fig_dir / "finding-same-seeds-resnet.png")
+    pair = [p for p in ("resnet-noise", "resnet-spatial") if results.get(p, {}).get("per_pred_class_fd")]
+    if "per-class-fd-spatial" in wanted and len(pair) == 2:
+        plots.plot_class_bars({p: results[p]["per_pred_class_fd"] for p in pair}, FASHION_CLASSES,
+                              fig_dir / "finding-per-class-fd-spatial.png", "fd of the class",
+                              "per-class fd without and with the coordinate channels")
+        add("per-class-fd-spatial", fig_dir / "finding-per-class-fd-spatial.png")
+    if "samples-resnet-class" in wanted and have("resnet-class"):
+        add("samples-resnet-class", by_preset["resnet-class"] / "samples" / "grid.png")
+    unets = [p for p in ("unet-input", "unet-cbn", "unet-block") if p in by_preset]
+    conf = {p: results[p]["confusion"] for p in unets if results.get(p, {}).get("confusion")}
+    if "confusion-unets" in wanted and conf:
+        plots.plot_confusions(conf, FASHION_CLASSES, fig_dir / "finding-confusion-unets.png")
+        add("confusion-unets", fig_dir / "finding-confusion-unets.png")
+    if "monitor-unets" in wanted and unets:
+        plots.plot_monitor({p: metrics[p] for p in unets}, fig_dir / "finding-monitor-unets.png")
+        add("monitor-unets", fig_dir / "finding-monitor-unets.png")
+    for name in wanted:
+        if name.startswith("study-"):
+            add(name, out / "studies" / (name[len("study-"):] + ".png"))
+    return figs
+
+
+def same_seed_rows(runs: dict, path: Path, sampling: dict, n: int = 10) -> None:
+    """One row per run, n samples from the same seeds (a conditional run draws classes 0..n-1)."""
+    import torch
+    from . import plots
+    from .render import draw
+    from .sample import load_run
+    rows = []
+    for run_dir in runs.values():
+        run = load_run(run_dir)
+        labels = torch.arange(n) % run.num_classes if run.num_classes else None
+        rows.append(draw(run.model, run.schedule, run.config.model, n, labels=labels, seed=0, device=run.device,
+                         precision=run.precision, sampler=sampling.get("sampler") or "dpm++2m",
+                         steps=sampling.get("steps") or 20, spacing=sampling.get("spacing")).float().cpu())
+    plots.write_grid(torch.cat(rows), path, ncol=n, row_labels=list(runs))
 
 
 def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, steps: int | None = None,
@@ -216,8 +266,12 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
                             "samples classified as the requested class. Class entropy in nats (uniform = 2.303)."))
     order = sorted(by_preset, key=lambda p: ORDER.index(p) if p in ORDER else len(ORDER))
     blocks.append(Block("table", header=RESULT_HEADER, rows=[result_row(summaries[p], results.get(p)) for p in order]))
-    for line in findings(summaries, results):
-        blocks.append(Block("text", "- " + line))
+    blocks += timing_blocks(out)
+    if evaluate:
+        metrics = {p: read_metrics(d) for p, d in by_preset.items()}
+        blocks += findings_blocks(all_findings(summaries, results, metrics, read_studies(out)), by_preset, results,
+                                  metrics, out, fig_dir,
+                                  {"sampler": sampler, "steps": steps, "spacing": spacing})
 
     for p in order:
         d = by_preset[p]
@@ -249,6 +303,56 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
                 blocks.append(Block("heading", "The generation process", level=3))
             blocks.append(Block("image", "generation process: x_t from noise to image, predicted x0 beneath",
                                 path=dst))
+    return blocks
+
+
+def timing_blocks(out: Path) -> list[Block]:
+    """The wall time of each part of a `reproduce` (OUT/timing.json), when there is one."""
+    import json
+    try:
+        parts = json.loads((out / "timing.json").read_text())["seconds"]
+    except (OSError, ValueError, KeyError):
+        return []
+    rows = [[part, f"{sec / 60:.1f} min"] for part, sec in parts.items()]
+    rows.append(["total", f"{sum(parts.values()) / 60:.1f} min"])
+    return [Block("text", "Wall time of each part of this `reproduce` (OUT/timing.json; training summed over "
+                          "interruptions; evaluation and report as of the call before this report was written):"),
+            Block("table", header=["part", "wall time"], rows=rows)]
+
+
+def findings_blocks(found: list, by_preset: dict, results: dict, metrics: dict, out: Path, fig_dir: Path,
+                    sampling: dict) -> list[Block]:
+    """The claims table, then each finding with the numbers and figures that decide it. A finding
+    none of these runs or studies measures is left out of the sections (the table says so)."""
+    measured = [f for f in found if f.verdict != NOT_MEASURED]
+    if not any(f.verdict != NOT_MEASURED for f in found[:6]):   # a report of one model: no ladder to compare
+        return []
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    figs = draw_finding_figures({n for f in measured for n in f.figures}, by_preset, results, metrics, out, fig_dir,
+                                sampling)
+    blocks = [Block("heading", "The write-up's findings, checked", level=2),
+              Block("text", f"A difference counts when fd differs by at least {FD_CLEAR:g}x or cond_acc by at least "
+                            f"{ACC_CLEAR:g} (about the noise of one evaluation of 1000 samples). Each design was "
+                            "trained once, so seed-to-seed noise of training is not measured."),
+              Block("table", header=["", "finding", "the write-up", "verdict", "here"],
+                    rows=[[f"({f.key})", f.title, f.claim, f.verdict, f.evidence] for f in found])]
+    for f in measured:
+        blocks.append(Block("heading", f"({f.key}) {f.title}: {f.verdict}", level=3))
+        blocks.append(Block("text", f"The write-up: \"{f.claim}\" Here: {f.evidence}."))
+        if f.caveat:
+            blocks.append(Block("text", "What this cannot show: " + f.caveat))
+        for name in f.figures:
+            if name == "snapshots-unets":
+                for p in ("unet-input", "unet-cbn", "unet-block"):
+                    strip = by_preset.get(p) and snapshot_strip(by_preset[p], fig_dir / f"{p}-snapshots.png", label=3)
+                    if strip:
+                        blocks.append(Block("image", f"{p}: snapshots from fixed noise across epochs, class 3", path=strip))
+            elif name in figs:
+                dst = figs[name]
+                if fig_dir not in dst.parents:
+                    dst = fig_dir / f"finding-{name}.png"
+                    shutil.copyfile(figs[name], dst)
+                blocks.append(Block("image", FINDING_CAPTIONS.get(name, name), path=dst))
     return blocks
 
 

@@ -1,6 +1,8 @@
 """`ddpmlab reproduce`: train the write-up's whole ladder, evaluate every model the same way,
 write the report. Interrupted, it resumes the unfinished run and skips finished ones; the wall
-time of every part is kept in OUT/timing.json across interruptions.
+time of every part is kept in OUT/timing.json across interruptions. The studies that scripts in
+benchmarks/ write into OUT/studies (init_study.py, good_bugs.py, collapse_study.py) enter the
+report's findings.
 
 Budgets:
   full      the write-up's recipe: each preset as defined, 20 epochs of FashionMNIST.
@@ -94,9 +96,10 @@ class Timing:
         self.data.setdefault("budget", budget)
         self.data.setdefault("seconds", {})
 
-    def add(self, part: str, seconds: float) -> None:
+    def add(self, part: str, seconds: float, replace: bool = False) -> None:
+        """replace: the latest call's time stands (work that a rerun redoes rather than continues)."""
         s = self.data["seconds"]
-        s[part] = round(s.get(part, 0.0) + seconds, 1)
+        s[part] = round(seconds + (0.0 if replace else s.get(part, 0.0)), 1)
         self.data["total_seconds"] = round(sum(s.values()), 1)
         text = json.dumps(self.data, indent=2) + "\n"
         atomic_write(self.path, lambda p: p.write_text(text))
@@ -144,4 +147,5 @@ def reproduce(out, budget: str = "quick", presets=None, progress: bool = True, *
     try:
         return write_report(runs, out, intro=intro, **b.evaluation)
     finally:
-        timing.add("evaluate and report", time.time() - t0)
+        # evaluations are cached per run, so a rerun's report costs less: the latest one is the time
+        timing.add("evaluate and report", time.time() - t0, replace=True)

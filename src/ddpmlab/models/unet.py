@@ -16,6 +16,28 @@ Two lessons of the write-up are built in:
 - the skips are the residual stream as it was: nothing in the forward pass modifies a tensor in
   place, so the tensor kept in `skips` is never changed after it is kept
   (tests/test_unet.py checks this with the tensors' version counters).
+
+Two ModelConfig switches, off in every preset, undo them to measure the write-up's "good bugs"
+(benchmarks/good_bugs.py trains the three side by side):
+- pool_first: between levels the down path is a 2x2 max pool (ceil_mode: 7 -> 4) instead of the
+  learned strided convolution, so every level after the first begins with pooling the output of
+  the level above. The skip is kept before the pool, so "pool at the end of level i" and "pool as
+  the first step of level i+1" are one computation. Level 0 does not pool: its blocks, skip and
+  the output stay at full resolution. (Pooling before level 0 too would be closer to "before any
+  convolutions", but here the stem convolves first anyway, and it would also remove the
+  full-resolution level and its skip -- a second change in the same experiment.)
+- residual_inplace: right after a down level keeps its output h as its skip, the down path goes
+  on with nn.SiLU(inplace=True)(h), the classic form of this bug (an in-place activation of a
+  tensor kept elsewhere). skips[-1] is a reference to that same tensor, not a copy (what "tensors
+  are CoW" had assumed), so the up path concatenates silu(h), not h; the down path (downsample,
+  or the middle) reads silu(h) too. The weights are the default's. Autograd accepts it and
+  differentiates exactly that computation: h is the output of the level's last ResBlock,
+  `skip(x) + h`, an add whose backward saves no tensor, and the in-place SiLU is the first op to
+  read h; every later reader (the Downsample or max pool, mid1's norm, torch.cat) reads h after
+  the SiLU, at its new version, and nothing writes to it again, so at backward every saved tensor
+  is at the version it was saved at. (Modifying h after the Downsample had read and saved it
+  would raise at backward instead.) tests/test_unet.py checks the versions and, by gradcheck, the
+  gradients.
 """
 from __future__ import annotations
 
@@ -69,13 +91,16 @@ class SelfAttention(nn.Module):
 
 
 class Level(nn.Module):
-    """The residual blocks of one resolution; `resample` (Downsample / Upsample or None) is
-    applied by the UNet, after the blocks on the way down and before them on the way up."""
+    """The residual blocks of one resolution; `resample` (Downsample / Upsample, a max pool with
+    pool_first, or None) is applied by the UNet, after the blocks on the way down and before them
+    on the way up. `after_skip` (residual_inplace only: an in-place SiLU) is applied on the way
+    down to the tensor just kept as the skip."""
 
-    def __init__(self, blocks: list[ResBlock], resample: nn.Module | None):
+    def __init__(self, blocks: list[ResBlock], resample: nn.Module | None, after_skip: nn.Module | None = None):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.resample = resample
+        self.after_skip = after_skip
 
 
 class UNet(nn.Module):
@@ -96,6 +121,9 @@ class UNet(nn.Module):
         def block(cin, cout):
             return ResBlock(cin, cout, cfg.norm, cond_dim, block_class_dim)
 
+        def downsample(ch):   # pool_first: a max pool that throws 3 of 4 values away, nothing learned
+            return nn.MaxPool2d(2, ceil_mode=True) if cfg.pool_first else Downsample(ch)
+
         widths = [cfg.channels * m for m in cfg.channel_mults]
         n_levels = len(widths)
         self.stem = nn.Conv2d(cfg.in_channels + (cfg.class_dim if self.class_at_input else 0),
@@ -106,7 +134,8 @@ class UNet(nn.Module):
         for i, w in enumerate(widths):
             blocks = [block(ch if j == 0 else w, w) for j in range(cfg.blocks_per_level)]
             ch = w
-            self.down.append(Level(blocks, Downsample(w) if i < n_levels - 1 else None))
+            self.down.append(Level(blocks, downsample(w) if i < n_levels - 1 else None,
+                                   nn.SiLU(inplace=True) if cfg.residual_inplace else None))
         # middle, at the lowest resolution
         self.mid1 = block(ch, ch)
         self.attn = SelfAttention(ch) if cfg.attention else None
@@ -142,7 +171,9 @@ class UNet(nn.Module):
         for level in self.down:
             for blk in level.blocks:
                 h = blk(h, cond, cemb)
-            skips.append(h)   # safe to keep by reference: h is rebound below, never modified in place
+            skips.append(h)   # safe to keep by reference: h is rebound below, never modified in place ...
+            if level.after_skip is not None:   # ... unless residual_inplace: then skips[-1] changes too
+                h = level.after_skip(h)
             if level.resample is not None:
                 h = level.resample(h)                                                # (B, Ci, H/2, W/2)
         # 4. middle

@@ -1,0 +1,276 @@
+"""The write-up's findings (a)-(h), each checked against runs and given a verdict.
+
+Pure functions of what `report` has already gathered: per-preset run summaries (report.run_summary),
+evaluations (evaluate's result dicts), each run's metrics records, and the studies that scripts in
+benchmarks/ write into OUT/studies/*.json. Nothing here trains, samples or draws: each finding
+names the figures that decide it and `report` draws them.
+
+A difference counts only when it clears the noise of one evaluation: fd must differ by at least
+FD_CLEAR (a factor) and cond_acc by ACC_CLEAR. The seed-to-seed noise of training is not
+measured (one run per design); every verdict says so where it matters.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FD_CLEAR = 1.15       # fd of 1000 samples moves by a few % between sampling seeds; 15% is a difference
+ACC_CLEAR = 0.05      # 3 binomial standard errors of cond_acc at n = 1000 (p ~ 0.5: 0.016)
+LOSS_CLEAR = 1.03     # epoch-mean losses of a converging run: 3%
+TWO_CLASSES = 0.6     # "only two classes": the two most predicted classes take this share of all samples
+
+REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "partly", "not reproduced", "not measured"
+
+
+@dataclass
+class Finding:
+    key: str                    # "a" .. "h"
+    title: str
+    claim: str                  # the write-up's words
+    verdict: str                # REPRODUCED | PARTLY | NOT_REPRODUCED | NOT_MEASURED
+    evidence: str               # the numbers that decide it
+    figures: list = field(default_factory=list)   # figure names report draws (see report.FIGURES)
+    caveat: str = ""            # what this budget cannot show
+
+
+def _ratio(worse, better):
+    return worse / better if worse and better else None
+
+
+def _fd(r):
+    return (r or {}).get("fd")
+
+
+def _fmt(v, spec=".2f"):
+    return "-" if v is None else format(v, spec)
+
+
+def read_studies(out: Path) -> dict:
+    """name -> the JSON a benchmarks/ study wrote into OUT/studies/NAME.json (unreadable: skipped)."""
+    studies = {}
+    for p in sorted((Path(out) / "studies").glob("*.json")):
+        try:
+            studies[p.stem] = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+    return studies
+
+
+def noise_conditioning(s: dict, r: dict) -> Finding:
+    claim = "The noise level is not used at all [...] conditioning on the noise level (conditional BatchNorm)."
+    b, n = s.get("resnet-basic"), s.get("resnet-noise")
+    if not (b and n):
+        return Finding("a", "Noise-level conditioning helps the very basic model", claim, NOT_MEASURED,
+                       "needs resnet-basic and resnet-noise runs")
+    loss_better = b["final_loss"] and n["final_loss"] and b["final_loss"] > n["final_loss"] * LOSS_CLEAR
+    ratio = _ratio(_fd(r.get("resnet-basic")), _fd(r.get("resnet-noise")))
+    fd_better = ratio is not None and ratio >= FD_CLEAR
+    verdict = REPRODUCED if loss_better and fd_better else PARTLY if (loss_better or fd_better) else NOT_REPRODUCED
+    ev = (f"final epoch loss {b['final_loss']:.4f} without vs {n['final_loss']:.4f} with the noise level; "
+          f"fd {_fmt(_fd(r.get('resnet-basic')))} vs {_fmt(_fd(r.get('resnet-noise')))}"
+          + (f" ({ratio:.1f}x)" if ratio else "") + f"; precision {_fmt(r.get('resnet-basic', {}).get('precision'), '.3f')}"
+          f" vs {_fmt(r.get('resnet-noise', {}).get('precision'), '.3f')}, on {n['train_images']:,} training images each")
+    return Finding("a", "Noise-level conditioning helps the very basic model", claim, verdict, ev,
+                   ["loss-basic-noise", "same-seeds-resnet"])
+
+
+def spatial_encoding(s: dict, r: dict) -> Finding:
+    claim = "Cartesian X/Y and polar coordinates added to the input, which maybe improves coherence."
+    n, sp = r.get("resnet-noise"), r.get("resnet-spatial")
+    if not (n and sp):
+        return Finding("b", "Spatial encoding improves coherence", claim, NOT_MEASURED,
+                       "needs evaluated resnet-noise and resnet-spatial runs")
+    ratio = _ratio(_fd(n), _fd(sp))
+    fd_better = ratio is not None and ratio >= FD_CLEAR
+    fd_worse = ratio is not None and ratio <= 1 / FD_CLEAR
+    prec = (sp.get("precision") or 0) - (n.get("precision") or 0)
+    pc_n, pc_s = n.get("per_pred_class_fd") or [], sp.get("per_pred_class_fd") or []
+    wins = sum(1 for a, c in zip(pc_n, pc_s) if a is not None and c is not None and c * FD_CLEAR <= a)
+    losses = sum(1 for a, c in zip(pc_n, pc_s) if a is not None and c is not None and a * FD_CLEAR <= c)
+    if fd_better and prec >= 0.02:
+        verdict = REPRODUCED
+    elif fd_better or prec >= 0.02 or wins > losses + 2:
+        verdict = PARTLY
+    else:
+        verdict = NOT_REPRODUCED
+    ev = (f"fd {_fmt(_fd(n))} without vs {_fmt(_fd(sp))} with coordinates"
+          + (f" ({'better' if fd_better else 'worse' if fd_worse else 'within noise'}, x{ratio:.2f})" if ratio else "")
+          + f"; precision (fidelity) {n.get('precision', 0):.3f} vs {sp.get('precision', 0):.3f}; per-class fd "
+          f"(samples grouped by the class the classifier sees) clearly better in {wins} of 10 classes, worse in {losses}")
+    return Finding("b", "Spatial encoding improves coherence", claim, verdict, ev,
+                   ["same-seeds-resnet", "per-class-fd-spatial"],
+                   "One training run per design: a difference this small can also be seed-to-seed noise of training.")
+
+
+def class_embedding(s: dict, r: dict) -> Finding:
+    claim = "A 4-dimensional class embedding is trained and concatenated with the input image."
+    c = r.get("resnet-class")
+    if not c or c.get("cond_acc") is None:
+        return Finding("c", "Class embeddings make classes askable", claim, NOT_MEASURED, "needs an evaluated resnet-class")
+    acc = c["cond_acc"]
+    verdict = REPRODUCED if acc >= 0.5 else PARTLY if acc >= 0.2 else NOT_REPRODUCED
+    per = c.get("cond_acc_per_class") or []
+    names = c.get("class_names") or [str(k) for k in range(10)]
+    worst = sorted((a, names[k]) for k, a in enumerate(per) if a is not None)[:2]
+    ev = (f"cond_acc {acc:.3f} (chance 0.10; the classifier itself scores {c.get('classifier_test_acc', 0):.3f} on "
+          f"real test images); weakest classes: " + ", ".join(f"{nm} {a:.2f}" for a, nm in worst))
+    return Finding("c", "Class embeddings make classes askable", claim, verdict, ev, ["samples-resnet-class"])
+
+
+def _top2_share(res: dict) -> tuple[float, list]:
+    hist = res.get("pred_hist") or []
+    order = sorted(range(len(hist)), key=lambda k: -hist[k])
+    names = res.get("class_names") or [str(k) for k in range(10)]
+    return (sum(hist[k] for k in order[:2]) / max(1, sum(hist)), [names[k] for k in order[:2]])
+
+
+def _adherence_at(metrics: list, steps: int) -> float | None:
+    """The snapshot monitor's label adherence at the last epoch ending by optimiser step `steps`."""
+    best = None
+    for m in metrics:
+        if m.get("kind") == "epoch" and "adherence" in m and m["step"] <= steps:
+            best = m["adherence"]
+    return best
+
+
+def unet_input_two_classes(s: dict, r: dict, metrics: dict) -> Finding:
+    claim = "Class conditioning only concatenated to input once: only generates two classes regardless of what is asked for."
+    ui, ub = r.get("unet-input"), r.get("unet-block")
+    if not ui or ui.get("cond_acc") is None:
+        return Finding("d", "UNet with the class at the input only: two classes", claim, NOT_MEASURED,
+                       "needs an evaluated unet-input")
+    share, top = _top2_share(ui)
+    block_acc = ub.get("cond_acc") if ub else None
+    # unet-block trains longer in the standard budget: compare at equal images with the monitor too
+    same = _adherence_at(metrics.get("unet-block", []), s["unet-input"]["steps"]) if ub else None
+    if share >= TWO_CLASSES:
+        verdict = REPRODUCED
+    elif block_acc is not None and ui["cond_acc"] <= block_acc - 2 * ACC_CLEAR:
+        verdict = PARTLY
+    else:
+        verdict = NOT_REPRODUCED
+    ev = (f"unet-input: cond_acc {ui['cond_acc']:.3f}, its two most generated classes ({', '.join(top)}) take "
+          f"{share:.0%} of all samples (two classes only: >= {TWO_CLASSES:.0%}; uniform: 20%), class entropy "
+          f"{ui.get('pred_entropy', 0):.2f} nats (uniform 2.30)")
+    if block_acc is not None:
+        ev += f"; unet-block: cond_acc {block_acc:.3f} on {s['unet-block']['train_images']:,} images"
+        if same is not None:
+            ev += f" (snapshot adherence {same:.2f} at unet-input's {s['unet-input']['train_images']:,})"
+    return Finding("d", "UNet with the class at the input only: two classes", claim, verdict, ev, ["confusion-unets"],
+                   "The write-up's models trained ~20 epochs of 60k images; a failure that needs that long cannot show here.")
+
+
+def cbn_improves(s: dict, r: dict) -> Finding:
+    claim = "Adding it [the class] as an input to the conditional batchnorm improves things."
+    ui, uc = r.get("unet-input"), r.get("unet-cbn")
+    if not (ui and uc) or ui.get("cond_acc") is None or uc.get("cond_acc") is None:
+        return Finding("e", "The class in the conditional BatchNorm improves things", claim, NOT_MEASURED,
+                       "needs evaluated unet-input and unet-cbn")
+    d_acc = uc["cond_acc"] - ui["cond_acc"]
+    ratio = _ratio(_fd(ui), _fd(uc))
+    better = [d_acc >= ACC_CLEAR, ratio is not None and ratio >= FD_CLEAR]
+    worse = [d_acc <= -ACC_CLEAR, ratio is not None and ratio <= 1 / FD_CLEAR]
+    verdict = (REPRODUCED if any(better) and not any(worse) else PARTLY if any(better) else NOT_REPRODUCED)
+    ev = (f"cond_acc {ui['cond_acc']:.3f} (input only) vs {uc['cond_acc']:.3f} (+ conditional BatchNorm), fd "
+          f"{_fmt(_fd(ui))} vs {_fmt(_fd(uc))}, on the same {s['unet-cbn']['train_images']:,} images")
+    return Finding("e", "The class in the conditional BatchNorm improves things", claim, verdict, ev,
+                   ["confusion-unets", "monitor-unets"])
+
+
+def _collapse_epochs(metrics: list) -> list[int]:
+    """Epochs whose snapshots show collapse after at least one healthy epoch."""
+    out, healthy = [], False
+    for m in metrics:
+        if m.get("kind") != "epoch" or "diversity" not in m:
+            continue
+        sick = (m["diversity"] < 0.2 or m.get("label_separation", 1) < 0.2 or
+                ("classes_predicted" in m and m["classes_predicted"] <= 2))
+        if sick and healthy:
+            out.append(m["epoch"])
+        healthy = healthy or not sick
+    return out
+
+
+def unet_collapse(s: dict, metrics: dict, studies: dict) -> Finding:
+    claim = ("Some Unet setups worked okay for the first few epochs, but then only ever produced the same blob "
+             "regardless of sampling or class label (epochs 5 to 25).")
+    seen, found = [], []
+    for p in ("unet-input", "unet-cbn", "unet-block"):
+        if p in metrics:
+            epochs = [m for m in metrics[p] if m.get("kind") == "epoch"]
+            seen.append(f"{p} {len(epochs)} epochs ({s[p]['train_images']:,} images)")
+            found += [f"{p} epoch {e}" for e in _collapse_epochs(metrics[p])]
+    study = studies.get("collapse")
+    if study:
+        for name, run in study.get("runs", {}).items():
+            seen.append(f"{name} {run.get('epochs')} epochs ({run.get('images', 0):,} images, benchmarks/collapse_study.py)")
+            if run.get("collapsed_at"):
+                found.append(f"{name} epoch {run['collapsed_at']}")
+    if not seen:
+        return Finding("f", "UNets collapse to one blob after a few epochs", claim, NOT_MEASURED, "no UNet runs")
+    longest = max([len([m for m in metrics[p] if m.get("kind") == "epoch"]) for p in metrics if p.startswith("unet")]
+                  + [r.get("epochs", 0) for r in (study or {}).get("runs", {}).values()])
+    if found:
+        verdict, ev = REPRODUCED, "collapse after healthy epochs: " + "; ".join(found)
+    else:
+        verdict = NOT_REPRODUCED if longest >= 25 else NOT_MEASURED
+        ev = ("no collapse (diversity < 0.2, label separation < 0.2 or <= 2 classes after a healthy epoch) in: "
+              + "; ".join(seen))
+    if study and study.get("conclusion"):
+        ev += ". " + study["conclusion"]
+    caveat = "" if longest >= 25 else (f"The longest UNet run here has {longest} epochs; the write-up's collapse came "
+                                       "after epoch 5 and was complete by 25: run benchmarks/collapse_study.py.")
+    return Finding("f", "UNets collapse to one blob after a few epochs", claim, verdict, ev,
+                   ["monitor-unets", "snapshots-unets"] + (["study-collapse"] if study else []), caveat)
+
+
+def initialisation(studies: dict) -> Finding:
+    claim = "The loss curve [of the very basic model] maybe shows some suboptimal initialization."
+    st = studies.get("init")
+    if not st:
+        return Finding("g", "The basic model's initialisation is suboptimal", claim, NOT_MEASURED,
+                       "run `python benchmarks/init_study.py --out OUT/studies`")
+    v = st["variants"]
+    ours, default = v.get("ddpmlab"), v.get("pytorch-default")
+    parts = [f"{name}: loss {d['loss_at'].get('1', 0):.3f} at step 1, {d['loss_at'].get('10', 0):.3f} at 10, "
+             f"{d['loss_at'].get('100', 0):.3f} at 100" for name, d in v.items()]
+    verdict = NOT_REPRODUCED
+    if ours and default:
+        early = _ratio(default["loss_at"].get("10"), ours["loss_at"].get("10"))
+        late = _ratio(default["loss_at"].get("100"), ours["loss_at"].get("100"))
+        if early and early >= 1.2:
+            verdict = REPRODUCED if late and late >= LOSS_CLEAR else PARTLY
+    ev = "; ".join(parts) + f" (mean of {len(st.get('seeds', []))} seeds, {st.get('steps')} steps)"
+    return Finding("g", "The basic model's initialisation is suboptimal", claim, verdict, ev, ["study-init"],
+                   "ddpmlab zero-initialises every residual branch's last convolution; the write-up's network did not.")
+
+
+def good_bugs(studies: dict) -> Finding:
+    claim = ("Good bugs: tensors are CoW, so you need to copy them to keep residuals; pooling as first step in a "
+             "Unet block did not work.")
+    st = studies.get("good_bugs")
+    if not st:
+        return Finding("h", "The two good bugs hurt", claim, NOT_MEASURED,
+                       "run `python benchmarks/good_bugs.py --out OUT/studies`")
+    v = st["variants"]
+    base = v.get("ddpmlab", {})
+    parts, hurt = [], []
+    for name, d in v.items():
+        parts.append(f"{name}: loss {_fmt(d.get('final_loss'), '.4f')}, fd {_fmt(d.get('fd'))}, "
+                     f"cond_acc {_fmt(d.get('cond_acc'), '.3f')}")
+        if name != "ddpmlab" and base:
+            r = _ratio(d.get("fd"), base.get("fd"))
+            lr = _ratio(d.get("final_loss"), base.get("final_loss"))
+            hurt.append(bool((r and r >= FD_CLEAR) or (lr and lr >= LOSS_CLEAR)))
+    verdict = REPRODUCED if hurt and all(hurt) else PARTLY if any(hurt) else NOT_REPRODUCED
+    return Finding("h", "The two good bugs hurt", claim, verdict,
+                   "; ".join(parts) + f" ({st.get('images', 0):,} training images each, same seed and data order)",
+                   ["study-good_bugs", "study-good_bugs-samples"])
+
+
+def all_findings(summaries: dict, results: dict, metrics: dict, studies: dict) -> list[Finding]:
+    return [noise_conditioning(summaries, results), spatial_encoding(summaries, results),
+            class_embedding(summaries, results), unet_input_two_classes(summaries, results, metrics),
+            cbn_improves(summaries, results), unet_collapse(summaries, metrics, studies),
+            initialisation(studies), good_bugs(studies)]
