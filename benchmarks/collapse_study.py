@@ -33,7 +33,7 @@ import torch
 from ddpmlab import checkpoint, plots
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.diffusion import generate, make_schedule
-from ddpmlab.findings import _collapse_epochs
+from ddpmlab.findings import collapse_epochs
 from ddpmlab.monitor import CollapseWatch, collapse_symptoms
 from ddpmlab.render import SNAPSHOT_SEEDS, image_seeds
 from ddpmlab.reproduce import BUDGETS, is_finished
@@ -62,6 +62,7 @@ def train_long(run_dir: Path, preset: str, epochs: int, subset: int, smoke: bool
 def ablations(run_dir: Path, per_class: int = 8, steps: int = 20) -> dict:
     """Monitor scores of the final model's snapshots under each way of sampling it."""
     data = load_fashion_mnist()
+    watch = None      # one reference and classifier for every ablation: the same real images and labels
     out = {}
     for name, ema, batch_stats in (("ema+running", True, False), ("ema+batch", True, True),
                                    ("raw+running", False, False)):
@@ -77,8 +78,8 @@ def ablations(run_dir: Path, per_class: int = 8, steps: int = 20) -> dict:
         seeds = image_seeds(rc.train.seed, per_class, SNAPSHOT_SEEDS) * k
         x = generate(model, make_schedule(rc.diffusion), (1, 28, 28), seeds=seeds, labels=labels, sampler="ddim",
                      steps=steps, null_label=k)
-        watch = CollapseWatch(data.images, data.labels, k, per_class,
-                              classifier=lambda: snapshot_classifier(data.class_names))
+        watch = watch or CollapseWatch(data.images, data.labels, k, per_class,
+                                       classifier=lambda: snapshot_classifier(data.class_names))
         scores = watch(x, -1, run_dir)
         out[name] = {**scores, "symptoms": collapse_symptoms(scores, k)}
     return out
@@ -101,7 +102,7 @@ def main() -> int:
         train_long(run_dir, preset, args.epochs, args.subset, args.smoke)
         metrics = read_metrics(run_dir)
         epochs = [m for m in metrics if m.get("kind") == "epoch"]
-        sick = _collapse_epochs(metrics)
+        sick = collapse_epochs(metrics)
         runs[preset] = {"epochs": len(epochs), "images": epochs[-1]["step"] * 64 if epochs else 0,
                         "collapsed_at": sick[0] if sick else None,
                         "per_epoch": [{k: m[k] for k in ("epoch", "step", "loss", "lr", "diversity", "label_separation",

@@ -70,12 +70,12 @@ def test_cbn_improves_only_without_getting_worse_elsewhere():
 
 def epoch(e, diversity, sep=0.8, classes=10):
     return {"kind": "epoch", "epoch": e, "step": 100 * e, "diversity": diversity, "label_separation": sep,
-            "classes_predicted": classes}
+            "adherence": 0.5, "classes_predicted": classes}    # the monitor writes the last two together
 
 
 def test_a_collapse_counts_only_after_a_healthy_epoch():
-    assert F._collapse_epochs([epoch(1, 0.1), epoch(2, 0.9), epoch(3, 0.1), epoch(4, 0.9, classes=2)]) == [3, 4]
-    assert F._collapse_epochs([epoch(1, 0.1), epoch(2, 0.15)]) == []     # never healthy: untrained, not collapsed
+    assert F.collapse_epochs([epoch(1, 0.1), epoch(2, 0.9), epoch(3, 0.1), epoch(4, 0.9, classes=2)]) == [3, 4]
+    assert F.collapse_epochs([epoch(1, 0.1), epoch(2, 0.15)]) == []     # never healthy: untrained, not collapsed
     s = {"unet-cbn": summary(0.05, 120000)}
     healthy = {"unet-cbn": [epoch(e, 0.9) for e in range(1, 7)]}
     f = F.unet_collapse(s, healthy, {})

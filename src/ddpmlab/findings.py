@@ -15,6 +15,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .metrics import NUM_CLASSES
+from .monitor import DIVERSITY_FLOOR, SEPARATION_FLOOR, collapse_symptoms
+
 FD_CLEAR = 1.15       # fd of 1000 samples moves by a few % between sampling seeds; 15% is a difference
 ACC_CLEAR = 0.05      # 3 binomial standard errors of cond_acc at n = 1000 (p ~ 0.5: 0.016)
 LOSS_CLEAR = 1.03     # epoch-mean losses of a converging run: 3%
@@ -23,15 +26,30 @@ TWO_CLASSES = 0.6     # "only two classes": the two most predicted classes take 
 REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "partly", "not reproduced", "not measured"
 
 
+TITLES = {
+    "a": "Noise-level conditioning helps the very basic model",
+    "b": "Spatial encoding improves coherence",
+    "c": "Class embeddings make classes askable",
+    "d": "UNet with the class at the input only: two classes",
+    "e": "The class in the conditional BatchNorm improves things",
+    "f": "UNets collapse to one blob after a few epochs",
+    "g": "The basic model's initialisation is suboptimal",
+    "h": "The two good bugs hurt",
+}
+
+
 @dataclass
 class Finding:
-    key: str                    # "a" .. "h"
-    title: str
+    key: str                    # "a" .. "h" (TITLES)
     claim: str                  # the write-up's words
     verdict: str                # REPRODUCED | PARTLY | NOT_REPRODUCED | NOT_MEASURED
     evidence: str               # the numbers that decide it
-    figures: list = field(default_factory=list)   # figure names report draws (see report.FIGURES)
+    figures: list = field(default_factory=list)   # figure names report draws (report.FINDING_CAPTIONS)
     caveat: str = ""            # what this budget cannot show
+
+    @property
+    def title(self) -> str:
+        return TITLES[self.key]
 
 
 def _ratio(worse, better):
@@ -61,7 +79,7 @@ def noise_conditioning(s: dict, r: dict) -> Finding:
     claim = "The noise level is not used at all [...] conditioning on the noise level (conditional BatchNorm)."
     b, n = s.get("resnet-basic"), s.get("resnet-noise")
     if not (b and n):
-        return Finding("a", "Noise-level conditioning helps the very basic model", claim, NOT_MEASURED,
+        return Finding("a", claim, NOT_MEASURED,
                        "needs resnet-basic and resnet-noise runs")
     loss_better = b["final_loss"] and n["final_loss"] and b["final_loss"] > n["final_loss"] * LOSS_CLEAR
     ratio = _ratio(_fd(r.get("resnet-basic")), _fd(r.get("resnet-noise")))
@@ -71,7 +89,7 @@ def noise_conditioning(s: dict, r: dict) -> Finding:
           f"fd {_fmt(_fd(r.get('resnet-basic')))} vs {_fmt(_fd(r.get('resnet-noise')))}"
           + (f" ({ratio:.1f}x)" if ratio else "") + f"; precision {_fmt(r.get('resnet-basic', {}).get('precision'), '.3f')}"
           f" vs {_fmt(r.get('resnet-noise', {}).get('precision'), '.3f')}, on {n['train_images']:,} training images each")
-    return Finding("a", "Noise-level conditioning helps the very basic model", claim, verdict, ev,
+    return Finding("a", claim, verdict, ev,
                    ["loss-basic-noise", "same-seeds-resnet"])
 
 
@@ -79,7 +97,7 @@ def spatial_encoding(s: dict, r: dict) -> Finding:
     claim = "Cartesian X/Y and polar coordinates added to the input, which maybe improves coherence."
     n, sp = r.get("resnet-noise"), r.get("resnet-spatial")
     if not (n and sp):
-        return Finding("b", "Spatial encoding improves coherence", claim, NOT_MEASURED,
+        return Finding("b", claim, NOT_MEASURED,
                        "needs evaluated resnet-noise and resnet-spatial runs")
     ratio = _ratio(_fd(n), _fd(sp))
     fd_better = ratio is not None and ratio >= FD_CLEAR
@@ -98,7 +116,7 @@ def spatial_encoding(s: dict, r: dict) -> Finding:
           + (f" ({'better' if fd_better else 'worse' if fd_worse else 'within noise'}, x{ratio:.2f})" if ratio else "")
           + f"; precision (fidelity) {n.get('precision', 0):.3f} vs {sp.get('precision', 0):.3f}; per-class fd "
           f"(samples grouped by the class the classifier sees) clearly better in {wins} of 10 classes, worse in {losses}")
-    return Finding("b", "Spatial encoding improves coherence", claim, verdict, ev,
+    return Finding("b", claim, verdict, ev,
                    ["same-seeds-resnet", "per-class-fd-spatial"],
                    "One training run per design: a difference this small can also be seed-to-seed noise of training.")
 
@@ -107,7 +125,7 @@ def class_embedding(s: dict, r: dict) -> Finding:
     claim = "A 4-dimensional class embedding is trained and concatenated with the input image."
     c = r.get("resnet-class")
     if not c or c.get("cond_acc") is None:
-        return Finding("c", "Class embeddings make classes askable", claim, NOT_MEASURED, "needs an evaluated resnet-class")
+        return Finding("c", claim, NOT_MEASURED, "needs an evaluated resnet-class")
     acc = c["cond_acc"]
     verdict = REPRODUCED if acc >= 0.5 else PARTLY if acc >= 0.2 else NOT_REPRODUCED
     per = c.get("cond_acc_per_class") or []
@@ -115,7 +133,7 @@ def class_embedding(s: dict, r: dict) -> Finding:
     worst = sorted((a, names[k]) for k, a in enumerate(per) if a is not None)[:2]
     ev = (f"cond_acc {acc:.3f} (chance 0.10; the classifier itself scores {c.get('classifier_test_acc', 0):.3f} on "
           f"real test images); weakest classes: " + ", ".join(f"{nm} {a:.2f}" for a, nm in worst))
-    return Finding("c", "Class embeddings make classes askable", claim, verdict, ev, ["samples-resnet-class"])
+    return Finding("c", claim, verdict, ev, ["samples-resnet-class"])
 
 
 def _top2_share(res: dict) -> tuple[float, list]:
@@ -138,7 +156,7 @@ def unet_input_two_classes(s: dict, r: dict, metrics: dict) -> Finding:
     claim = "Class conditioning only concatenated to input once: only generates two classes regardless of what is asked for."
     ui, ub = r.get("unet-input"), r.get("unet-block")
     if not ui or ui.get("cond_acc") is None:
-        return Finding("d", "UNet with the class at the input only: two classes", claim, NOT_MEASURED,
+        return Finding("d", claim, NOT_MEASURED,
                        "needs an evaluated unet-input")
     share, top = _top2_share(ui)
     block_acc = ub.get("cond_acc") if ub else None
@@ -157,7 +175,7 @@ def unet_input_two_classes(s: dict, r: dict, metrics: dict) -> Finding:
         ev += f"; unet-block: cond_acc {block_acc:.3f} on {s['unet-block']['train_images']:,} images"
         if same is not None:
             ev += f" (snapshot adherence {same:.2f} at unet-input's {s['unet-input']['train_images']:,})"
-    return Finding("d", "UNet with the class at the input only: two classes", claim, verdict, ev, ["confusion-unets"],
+    return Finding("d", claim, verdict, ev, ["confusion-unets"],
                    "The write-up's models trained ~20 epochs of 60k images; a failure that needs that long cannot show here.")
 
 
@@ -165,7 +183,7 @@ def cbn_improves(s: dict, r: dict) -> Finding:
     claim = "Adding it [the class] as an input to the conditional batchnorm improves things."
     ui, uc = r.get("unet-input"), r.get("unet-cbn")
     if not (ui and uc) or ui.get("cond_acc") is None or uc.get("cond_acc") is None:
-        return Finding("e", "The class in the conditional BatchNorm improves things", claim, NOT_MEASURED,
+        return Finding("e", claim, NOT_MEASURED,
                        "needs evaluated unet-input and unet-cbn")
     d_acc = uc["cond_acc"] - ui["cond_acc"]
     ratio = _ratio(_fd(ui), _fd(uc))
@@ -174,18 +192,18 @@ def cbn_improves(s: dict, r: dict) -> Finding:
     verdict = (REPRODUCED if any(better) and not any(worse) else PARTLY if any(better) else NOT_REPRODUCED)
     ev = (f"cond_acc {ui['cond_acc']:.3f} (input only) vs {uc['cond_acc']:.3f} (+ conditional BatchNorm), fd "
           f"{_fmt(_fd(ui))} vs {_fmt(_fd(uc))}, on the same {s['unet-cbn']['train_images']:,} images")
-    return Finding("e", "The class in the conditional BatchNorm improves things", claim, verdict, ev,
+    return Finding("e", claim, verdict, ev,
                    ["confusion-unets", "monitor-unets"])
 
 
-def _collapse_epochs(metrics: list) -> list[int]:
-    """Epochs whose snapshots show collapse after at least one healthy epoch."""
+def collapse_epochs(metrics: list) -> list[int]:
+    """Epochs whose snapshots show a symptom of the collapse monitor (monitor.collapse_symptoms)
+    after at least one healthy epoch."""
     out, healthy = [], False
     for m in metrics:
         if m.get("kind") != "epoch" or "diversity" not in m:
             continue
-        sick = (m["diversity"] < 0.2 or m.get("label_separation", 1) < 0.2 or
-                ("classes_predicted" in m and m["classes_predicted"] <= 2))
+        sick = bool(collapse_symptoms(m, NUM_CLASSES))
         if sick and healthy:
             out.append(m["epoch"])
         healthy = healthy or not sick
@@ -200,7 +218,7 @@ def unet_collapse(s: dict, metrics: dict, studies: dict) -> Finding:
         if p in metrics:
             epochs = [m for m in metrics[p] if m.get("kind") == "epoch"]
             seen.append(f"{p} {len(epochs)} epochs ({s[p]['train_images']:,} images)")
-            found += [f"{p} epoch {e}" for e in _collapse_epochs(metrics[p])]
+            found += [f"{p} epoch {e}" for e in collapse_epochs(metrics[p])]
     study = studies.get("collapse")
     if study:
         for name, run in study.get("runs", {}).items():
@@ -208,20 +226,21 @@ def unet_collapse(s: dict, metrics: dict, studies: dict) -> Finding:
             if run.get("collapsed_at"):
                 found.append(f"{name} epoch {run['collapsed_at']}")
     if not seen:
-        return Finding("f", "UNets collapse to one blob after a few epochs", claim, NOT_MEASURED, "no UNet runs")
+        return Finding("f", claim, NOT_MEASURED, "no UNet runs")
     longest = max([len([m for m in metrics[p] if m.get("kind") == "epoch"]) for p in metrics if p.startswith("unet")]
                   + [r.get("epochs", 0) for r in (study or {}).get("runs", {}).values()])
     if found:
         verdict, ev = REPRODUCED, "collapse after healthy epochs: " + "; ".join(found)
     else:
         verdict = NOT_REPRODUCED if longest >= 25 else NOT_MEASURED
-        ev = ("no collapse (diversity < 0.2, label separation < 0.2 or <= 2 classes after a healthy epoch) in: "
+        ev = (f"no collapse (diversity < {DIVERSITY_FLOOR}, label separation < {SEPARATION_FLOOR} or <= 2 classes "
+              "after a healthy epoch) in: "
               + "; ".join(seen))
     if study and study.get("conclusion"):
         ev += ". " + study["conclusion"]
     caveat = "" if longest >= 25 else (f"The longest UNet run here has {longest} epochs; the write-up's collapse came "
                                        "after epoch 5 and was complete by 25: run benchmarks/collapse_study.py.")
-    return Finding("f", "UNets collapse to one blob after a few epochs", claim, verdict, ev,
+    return Finding("f", claim, verdict, ev,
                    ["monitor-unets", "snapshots-unets"] + (["study-collapse"] if study else []), caveat)
 
 
@@ -229,7 +248,7 @@ def initialisation(studies: dict) -> Finding:
     claim = "The loss curve [of the very basic model] maybe shows some suboptimal initialization."
     st = studies.get("init")
     if not st:
-        return Finding("g", "The basic model's initialisation is suboptimal", claim, NOT_MEASURED,
+        return Finding("g", claim, NOT_MEASURED,
                        "run `python benchmarks/init_study.py --out OUT/studies`")
     v = st["variants"]
     ours, default = v.get("ddpmlab"), v.get("pytorch-default")
@@ -242,7 +261,7 @@ def initialisation(studies: dict) -> Finding:
         if early and early >= 1.2:
             verdict = REPRODUCED if late and late >= LOSS_CLEAR else PARTLY
     ev = "; ".join(parts) + f" (mean of {len(st.get('seeds', []))} seeds, {st.get('steps')} steps)"
-    return Finding("g", "The basic model's initialisation is suboptimal", claim, verdict, ev, ["study-init"],
+    return Finding("g", claim, verdict, ev, ["study-init"],
                    "ddpmlab zero-initialises every residual branch's last convolution; the write-up's network did not.")
 
 
@@ -251,7 +270,7 @@ def good_bugs(studies: dict) -> Finding:
              "Unet block did not work.")
     st = studies.get("good_bugs")
     if not st:
-        return Finding("h", "The two good bugs hurt", claim, NOT_MEASURED,
+        return Finding("h", claim, NOT_MEASURED,
                        "run `python benchmarks/good_bugs.py --out OUT/studies`")
     v = st["variants"]
     base = v.get("ddpmlab", {})
@@ -264,7 +283,7 @@ def good_bugs(studies: dict) -> Finding:
             lr = _ratio(d.get("final_loss"), base.get("final_loss"))
             hurt.append(bool((r and r >= FD_CLEAR) or (lr and lr >= LOSS_CLEAR)))
     verdict = REPRODUCED if hurt and all(hurt) else PARTLY if any(hurt) else NOT_REPRODUCED
-    return Finding("h", "The two good bugs hurt", claim, verdict,
+    return Finding("h", claim, verdict,
                    "; ".join(parts) + f" ({st.get('images', 0):,} training images each, same seed and data order)",
                    ["study-good_bugs", "study-good_bugs-samples"])
 

@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .data import to_uint8  # noqa: E402
+from .monitor import DIVERSITY_FLOOR, SEPARATION_FLOOR  # noqa: E402
 from .runtime import atomic_write  # noqa: E402
 
 
@@ -202,6 +203,10 @@ def plot_class_bars(values: dict, class_names, path, ylabel: str, title: str = "
     _savefig(fig, path)
 
 
+# the collapse monitor's thresholds; adherence: chance over 10 classes
+COLLAPSE_LINES = {"diversity": DIVERSITY_FLOOR, "label_separation": SEPARATION_FLOOR, "adherence": 0.1}
+
+
 def plot_monitor(runs: dict, path, batch: int = 64) -> None:
     """The collapse monitor's per-epoch scores of several runs against training images: sample
     diversity and label separation (relative to real images) and label adherence."""
@@ -213,7 +218,7 @@ def plot_monitor(runs: dict, path, batch: int = 64) -> None:
             ep = [m for m in metrics if m.get("kind") == "epoch" and key in m]
             if ep:
                 ax.plot([m["step"] * batch for m in ep], [m[key] for m in ep], "o-", ms=3, lw=1.4, label=name)
-        ax.axhline(0.2 if key != "adherence" else 0.1, color="tab:red", ls="--", lw=1)
+        ax.axhline(COLLAPSE_LINES[key], color="tab:red", ls="--", lw=1)
         ax.set_xlabel("training images seen", fontsize=8)
         ax.set_title(label, fontsize=9)
         ax.set_ylim(bottom=0)
