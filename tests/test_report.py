@@ -10,7 +10,8 @@ TINY_BUDGET = R.Budget({"resnet": {"channels": 8, "num_blocks": 2, "time_dim": 1
                        "unet": {"channels": 8, "channel_mults": (1, 2), "blocks_per_level": 1, "time_dim": 16}},
                       {"epochs": 2, "subset": 128, "batch_size": 32, "snapshot_steps": 2, "snapshot_per_class": 2,
                        "device": "cpu"},
-                      {"n": 40, "sampler": "ddim", "steps": 3}, "A tiny budget.")
+                      {"n": 40, "sampler": "ddim", "steps": 3}, "A tiny budget.",
+                      per_preset={"unet-input": {"sampling": {"sampler": "ddim", "steps": 2, "guidance": 0.5}}})
 
 
 @pytest.fixture
@@ -30,8 +31,12 @@ def test_reproduce_writes_report_and_skips_finished_runs(tmp_path, tiny_budget, 
     shown = images_in_a_browser(tmp_path / "report.html")
     assert len(shown) >= 8 and all(ok for ok, _ in shown), shown     # every picture of the report loads
     for p in presets:
-        evals = list((tmp_path / "runs" / p / "eval").glob("*.json"))
-        assert len(evals) == 1 and json.loads(evals[0].read_text())["n"] == 40
+        evals = sorted((tmp_path / "runs" / p / "eval").glob("*.json"))
+        assert [json.loads(e.read_text())["n"] for e in evals] == [40] * (2 if p == "unet-input" else 1)
+    # a run with sampling settings of its own is also scored at them, in a table of its own
+    assert json.loads((tmp_path / "runs" / "unet-input" / "config.json").read_text())["sampling"]["guidance"] == 0.5
+    own = text.split("### At each model's own sampling")[1].split("\n\n")[2]     # its table
+    assert "| unet-input | ddim | 2 | 0.5 | trailing | every step | 4 |" in own and "resnet-class" not in own
     # the findings: a verdict for each of (a)-(h), the deciding figures of those measured
     assert "The write-up's findings, checked" in text
     for key in "abcdefgh":

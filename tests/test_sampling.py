@@ -180,9 +180,11 @@ def test_sampling_settings_carry_spacing_and_interval():
     from ddpmlab.train import make_run_config
     rc = make_run_config("resnet-class")
     assert sampling_settings(rc) == ("dpm++2m", 20, 0.0, "trailing", None)
-    rc.sampling = SamplingConfig(spacing="logsnr", guidance_interval=[10, 20])
-    assert sampling_settings(rc)[3:] == ("logsnr", [10, 20])
+    rc.sampling = SamplingConfig(spacing="logsnr", guidance=0.3, guidance_interval=[10, 20])
+    assert sampling_settings(rc)[2:] == (0.3, "logsnr", [10, 20])
     assert sampling_settings(rc, spacing="karras", guidance_interval=(0, 999))[3:] == ("karras", [0, 999])
+    # unguided, an interval means nothing: the same settings (and the same cached evaluation)
+    assert sampling_settings(rc, guidance=0.0)[2:] == (0.0, "logsnr", None)
 
 
 def test_cli_spacing_and_interval_flags():

@@ -302,6 +302,7 @@ def evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int |
                  spacing: str | None = None, guidance_interval=None, **kw) -> dict:
     """Draw n samples from a run (labels cycling 0..9 when conditional) and evaluate them;
     precision: the network's while sampling (a LoadedRun brings its own)."""
+    from .diffusion import count_nfe
     from .sample import load_run, sample, sampling_settings
     loaded = run if hasattr(run, "model") else load_run(run, device=device, precision=precision)
     sampler, steps, guidance, spacing, interval = sampling_settings(loaded.config, sampler, steps, guidance,
@@ -320,6 +321,7 @@ def evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int |
                         guidance=guidance, seed=seed, input_range="sampled in [-1, 1], quantised to uint8",
                         device=loaded.device, **kw)
     r["spacing"], r["guidance_interval"] = spacing, interval
+    r["nfe"] = count_nfe(loaded.config.diffusion.timesteps, steps, spacing, loaded.schedule, guidance, interval)
     r["sampling_seconds"] = round(sample_s, 1)
     r["sampling_precision"] = loaded.precision
     return r

@@ -60,10 +60,12 @@ def sampling_settings(rc: RunConfig, sampler: str | None = None, steps: int | No
     give [0, T-1] to guide everywhere a run that keeps an interval)."""
     s = rc.sampling
     interval = guidance_interval if guidance_interval is not None else s.guidance_interval
+    guidance = guidance if guidance is not None else (s.guidance or 0.0)
+    if guidance == 0:       # no guidance: an interval means nothing (and must not split the eval cache)
+        interval = None
     return (sampler or s.sampler or DEFAULT_SAMPLER,
             steps if steps is not None else (s.steps or DEFAULT_STEPS),
-            guidance if guidance is not None else (s.guidance or 0.0),
-            spacing or s.spacing or DEFAULT_SPACING,
+            guidance, spacing or s.spacing or DEFAULT_SPACING,
             check_guidance_interval(None if interval is None else list(interval)))
 
 
