@@ -146,6 +146,18 @@ def minutes_to(points: list[tuple[float, float]], target: float) -> float | None
     return None
 
 
+def time_ratio(t: float | None, t_ref: float | None, last: float, last_ref: float) -> str:
+    """CPU-minutes to the same fd, against the reference contender's. One that has not got there
+    by its last budget (last, last_ref) needs more than that: the ratio is then a bound."""
+    if t is not None and t_ref is not None:
+        return f"{t / t_ref:.2f}x"
+    if t_ref is not None:
+        return f"> {last / t_ref:.2f}x"
+    if t is not None:
+        return f"< {t / last_ref:.2f}x"
+    return "-"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--contenders", default="writeup,fast")
@@ -185,14 +197,18 @@ def main(argv=None):
             rows.append(f"| {name} | {m} | {at['step']} | {r['fd']:.2f} | {r['fd_floor']:.2f} | "
                         f"{r['fd'] / r['fd_floor']:.2f}x | {r['cond_acc']:.3f} | {r['pred_entropy']:.3f} |")
             print(rows[-1], flush=True)
+    ref = "fast" if "fast" in curves else next(iter(curves), None)
     lines = ["| contender | minutes | steps | fd | floor | fd/floor | cond_acc | entropy |",
              "|---|---|---|---|---|---|---|---|", *rows, "",
-             "| contender | minutes to fd <= 3x floor | minutes to fd <= 1.5x floor |", "|---|---|---|"]
+             f"| contender | minutes to fd <= 3x floor | minutes to fd <= 1.5x floor | against {ref}: 3x | 1.5x |",
+             "|---|---|---|---|---|"]
+    reach = {name: [minutes_to([(m, fd) for m, fd, _ in pts], k * pts[0][2]) for k in (3, 1.5)]
+             for name, pts in curves.items()}
     for name, pts in curves.items():
-        floor = pts[0][2]
-        t3, t15 = (minutes_to([(m, fd) for m, fd, _ in pts], k * floor) for k in (3, 1.5))
+        t3, t15 = reach[name]
+        r3, r15 = (time_ratio(reach[name][k], reach[ref][k], pts[-1][0], curves[ref][-1][0]) for k in (0, 1))
         lines.append(f"| {name} | {'not reached' if t3 is None else f'{t3:.1f}'} | "
-                     f"{'not reached' if t15 is None else f'{t15:.1f}'} |")
+                     f"{'not reached' if t15 is None else f'{t15:.1f}'} | {r3} | {r15} |")
     (out / "ttq.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if curves:

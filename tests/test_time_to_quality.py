@@ -1,0 +1,25 @@
+"""benchmarks/time_to_quality.py's arithmetic: minutes to a target fd, interpolated between
+budgets, and the ratio of minutes against the reference contender (a bound when one of the two
+never got there)."""
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("ttq", ROOT / "benchmarks" / "time_to_quality.py")
+ttq = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ttq)
+
+
+def test_minutes_to_interpolates_between_budgets():
+    pts = [(10, 6.0), (20, 3.0), (40, 1.0)]
+    assert ttq.minutes_to(pts, 3.0) == 20
+    assert ttq.minutes_to(pts, 2.0) == 30            # halfway from 3.0 at 20 to 1.0 at 40
+    assert ttq.minutes_to(pts, 7.0) == 10            # already there at the first budget
+    assert ttq.minutes_to(pts, 0.5) is None
+
+
+def test_time_ratio_is_a_bound_when_one_did_not_get_there():
+    assert ttq.time_ratio(30.0, 10.0, 40, 60) == "3.00x"
+    assert ttq.time_ratio(None, 10.0, 40, 60) == "> 4.00x"     # needs more than its 40 minutes
+    assert ttq.time_ratio(12.0, None, 40, 60) == "< 0.20x"     # the reference needs more than 60
+    assert ttq.time_ratio(None, None, 40, 60) == "-"
