@@ -237,7 +237,7 @@ def unet_collapse(s: dict, metrics: dict, studies: dict) -> Finding:
               "after a healthy epoch) in: "
               + "; ".join(seen))
     if study and study.get("conclusion"):
-        ev += ". " + study["conclusion"]
+        ev += ". " + study["conclusion"][:1].upper() + study["conclusion"][1:]   # a sentence of its own
     caveat = "" if longest >= 25 else (f"The longest UNet run here has {longest} epochs; the write-up's collapse came "
                                        "after epoch 5 and was complete by 25: run benchmarks/collapse_study.py.")
     return Finding("f", claim, verdict, ev,
