@@ -267,7 +267,7 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
     order = sorted(by_preset, key=lambda p: ORDER.index(p) if p in ORDER else len(ORDER))
     blocks.append(Block("table", header=RESULT_HEADER, rows=[result_row(summaries[p], results.get(p)) for p in order]))
     if evaluate:
-        blocks += own_sampling_blocks({p: by_preset[p] for p in order if p in results}, results, summaries, n)
+        blocks += own_sampling_blocks({p: by_preset[p] for p in order if p in results}, results, n)
     blocks += timing_blocks(out)
     if evaluate:
         metrics = {p: read_metrics(d) for p, d in by_preset.items()}
@@ -308,22 +308,24 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
     return blocks
 
 
-def own_sampling_blocks(by_preset: dict, results: dict, summaries: dict, n: int) -> list[Block]:
+def own_sampling_blocks(by_preset: dict, results: dict, n: int) -> list[Block]:
     """Runs whose config.json keeps sampling settings of their own (a guided model's), scored at
     them too when the table above used others: the model as its user would sample it."""
+    from .sample import sampling_settings
     rows = []
     for p, d in by_preset.items():
-        s = load_config(d).sampling
+        rc = load_config(d)
+        s = rc.sampling
         if s.sampler is None and s.steps is None and s.guidance is None and s.spacing is None:
             continue
+        shown = tuple(results[p].get(k) for k in ("sampler", "steps", "guidance", "spacing", "guidance_interval"))
+        if sampling_settings(rc) == shown:
+            continue
         r = cached_evaluate_run(d, n)[0]
-        same = all(r.get(k) == results[p].get(k) for k in ("sampler", "steps", "guidance", "spacing", "guidance_interval"))
-        if not same:
-            rows.append(result_row(summaries[p], r)[:1] + [
-                r["sampler"], r["steps"], f"{r['guidance']:g}", r.get("spacing") or "trailing",
-                "{}-{}".format(*r["guidance_interval"]) if r.get("guidance_interval") else "every step",
-                _fmt(r.get("nfe"), "{}"), _fmt(r["fd"], "{:.2f}"), _fmt(r["fd"] / r["fd_floor"], "{:.1f}x"),
-                _fmt(r.get("cond_acc")), _fmt(r.get("pred_entropy")), _flags(r)])
+        rows.append([p, r["sampler"], r["steps"], f"{r['guidance']:g}", r.get("spacing") or "trailing",
+                     "{}-{}".format(*r["guidance_interval"]) if r.get("guidance_interval") else "every step",
+                     _fmt(r.get("nfe"), "{}"), _fmt(r["fd"], "{:.2f}"), _fmt(r["fd"] / r["fd_floor"], "{:.1f}x"),
+                     _fmt(r.get("cond_acc")), _fmt(r.get("pred_entropy")), _flags(r)])
     if not rows:
         return []
     return [Block("heading", "At each model's own sampling", level=3),
