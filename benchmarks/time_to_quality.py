@@ -19,6 +19,8 @@ Contenders:
 - fast:    `unet-small --recipe fast` (v-prediction, min-SNR, cosine decay planned over --fast-epochs,
            EMA by half-life).
 Both are sampled with dpm++2m, 10 log-SNR-spaced steps, guidance 0.3 (20 evaluations).
+- NAME=ARGS (`--contender`, repeatable): `ddpmlab train ARGS`, for ablations, e.g.
+           --contender "fast-lr2e-3=--preset unet-small --recipe fast --epochs 10 --lr 2e-3".
 - diffusers, diffusers-bf16: benchmarks/diffusers_recipe.py, diffusers' UNet2DModel trained as its
            unconditional training example does by default (fp32; and under bf16 autocast), sampled
            with DPMSolverMultistepScheduler at its defaults, 20 steps, no guidance (20 evaluations).
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import signal
 import subprocess
@@ -163,6 +166,8 @@ def main(argv=None):
     ap.add_argument("--contenders", default="writeup,fast")
     ap.add_argument("--minutes", default="10,20,40,60", help="budgets, in minutes of training wall time")
     ap.add_argument("--fast-epochs", type=int, default=10, help="the fast recipe's planned length (cosine decay)")
+    ap.add_argument("--contender", action="append", default=[], metavar="NAME=ARGS",
+                    help="an extra contender trained with `ddpmlab train ARGS` (repeatable); name it in --contenders")
     ap.add_argument("--out", default="runs/ttq")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--evaluate-only", action="store_true")
@@ -170,6 +175,11 @@ def main(argv=None):
     out = Path(args.out)
     budgets = [int(m) for m in args.minutes.split(",")]
     specs = contenders(args.fast_epochs)
+    for c in args.contender:
+        name, sep, rest = c.partition("=")
+        if not sep or not name or name in specs or is_diffusers(name):
+            raise SystemExit(f"--contender {c!r}: expected NAME=ARGS with a new name not starting with 'diffusers'")
+        specs[name] = shlex.split(rest)
     names = args.contenders.split(",")
     for name in names:
         if name not in specs:
