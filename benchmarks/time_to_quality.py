@@ -56,6 +56,17 @@ def is_diffusers(name: str) -> bool:
     return name.startswith("diffusers")
 
 
+def with_extra(specs: dict[str, list[str]], extra: list[str]) -> dict[str, list[str]]:
+    """The contenders plus each NAME=ARGS of --contender, trained with `ddpmlab train ARGS`."""
+    specs = dict(specs)
+    for c in extra:
+        name, sep, rest = c.partition("=")
+        if not sep or not name.strip() or name in specs or is_diffusers(name):
+            raise SystemExit(f"--contender {c!r}: expected NAME=ARGS with a new name not starting with 'diffusers'")
+        specs[name] = shlex.split(rest)
+    return specs
+
+
 def read_clock(d: Path) -> float:
     f = d / "clock.json"
     return json.loads(f.read_text())["seconds"] if f.is_file() else 0.0
@@ -174,12 +185,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     out = Path(args.out)
     budgets = [int(m) for m in args.minutes.split(",")]
-    specs = contenders(args.fast_epochs)
-    for c in args.contender:
-        name, sep, rest = c.partition("=")
-        if not sep or not name or name in specs or is_diffusers(name):
-            raise SystemExit(f"--contender {c!r}: expected NAME=ARGS with a new name not starting with 'diffusers'")
-        specs[name] = shlex.split(rest)
+    specs = with_extra(contenders(args.fast_epochs), args.contender)
     names = args.contenders.split(",")
     for name in names:
         if name not in specs:

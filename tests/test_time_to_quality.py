@@ -4,6 +4,8 @@ never got there)."""
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("ttq", ROOT / "benchmarks" / "time_to_quality.py")
 ttq = importlib.util.module_from_spec(spec)
@@ -23,3 +25,12 @@ def test_time_ratio_is_a_bound_when_one_did_not_get_there():
     assert ttq.time_ratio(None, 10.0, 40, 60) == "> 4.00x"     # needs more than its 40 minutes
     assert ttq.time_ratio(12.0, None, 40, 60) == "< 0.20x"     # the reference needs more than 60
     assert ttq.time_ratio(None, None, 40, 60) == "-"
+
+
+def test_extra_contenders_are_named_train_arguments():
+    specs = ttq.with_extra(ttq.contenders(10), ["lr2=--preset unet-small --recipe fast --lr 2e-3"])
+    assert specs["lr2"] == ["--preset", "unet-small", "--recipe", "fast", "--lr", "2e-3"]
+    assert specs["fast"] == ttq.contenders(10)["fast"]
+    for bad in ["no-equals-sign", "fast=--lr 1", "diffusers-x=--lr 1", "=--lr 1"]:
+        with pytest.raises(SystemExit, match="NAME=ARGS"):
+            ttq.with_extra(ttq.contenders(10), [bad])
