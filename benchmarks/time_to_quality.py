@@ -1,7 +1,7 @@
 """Time to quality: the same CPU, the same wall-clock budgets, one harness.
 
     .venv/bin/python benchmarks/time_to_quality.py [--contenders writeup,fast] [--minutes 10,20,40,60]
-        [--out runs/ttq] [--n 1000] [--evaluate-only]
+        [--contender NAME=ARGS ...] [--out runs/ttq] [--n 1000] [--evaluate-only]
 
 Each contender trains in the background in its own run directory, as a user would run it
 (`ddpmlab train ...`). The harness stops the training process with SIGINT (which checkpoints) once
