@@ -139,6 +139,35 @@ def test_odd_sizes_and_rgb_and_attention():
         assert model(x, t).shape == x.shape
 
 
+def test_conv_nearest_convolves_on_the_coarse_grid_then_upsamples():
+    """upsample="conv-nearest" (unet-lite): each Upsample convolves at the lower resolution, to
+    the level's own width, then repeats pixels; the write-up's "nearest-conv" convolves after."""
+    for size in (28, 7):   # 7 -> 4 -> 7: the odd size is upsampled to the skip's shape
+        x, t = inputs(2, size)
+        for mode, fewer in (("nearest-conv", False), ("conv-nearest", True)):
+            model = tiny(upsample=mode)
+            ups = [lvl.resample for lvl in model.up if lvl.resample is not None]
+            seen = []
+            hooks = [u.conv.register_forward_hook(lambda m, i, o: seen.append((i[0].shape, o.shape))) for u in ups]
+            outs = []
+            hooks += [u.register_forward_hook(lambda m, i, o: outs.append(o)) for u in ups]
+            assert model(x, t, torch.zeros(2, dtype=torch.long)).shape == x.shape
+            for h in hooks:
+                h.remove()
+            (cin, cout), = seen
+            coarse = (size + 1) // 2
+            assert cin[-1] == (coarse if fewer else size) and outs[0].shape[-1] == size
+            assert (cin[1], cout[1]) == ((16, 8) if fewer else (16, 16))   # widths 8, 16: narrowed to 8
+            if fewer and size == 28:   # nearest after the conv: every 2x2 block of the output is one value
+                o = outs[0]
+                assert torch.equal(o, o[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1))
+    assert count_parameters(tiny(upsample="conv-nearest")) < count_parameters(tiny())
+    assert "upsample" not in to_dict(ModelConfig(arch="unet"))   # old runs' config.json unchanged
+    assert get_preset("unet-lite").model.upsample == "conv-nearest"
+    with pytest.raises(ConfigError, match="upsample"):
+        ModelConfig(arch="unet", upsample="bilinear").validate()
+
+
 # --------------------------------------------------------------------------- the write-up's two bugs
 
 def watch_skips(model: UNet):

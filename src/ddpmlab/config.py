@@ -26,6 +26,7 @@ PREDICTIONS = ("eps", "v", "x0")
 LOSS_WEIGHTINGS = ("uniform", "min-snr")
 T_SAMPLINGS = ("uniform", "lognormal")
 LR_SCHEDULES = ("plateau", "cosine")
+UPSAMPLES = ("nearest-conv", "conv-nearest")
 
 
 @dataclass
@@ -47,11 +48,16 @@ class ModelConfig:
     attention: bool = False         # unet: self-attention at the lowest resolution
     residual_inplace: bool = _opt(False)  # unet: reproduces the write-up's bug "tensors are CoW"; off in every preset
     pool_first: bool = _opt(False)        # unet: reproduces its bug "pooling as first step"; off in every preset
+    # unet, on the way up: "nearest-conv" upsamples, then convolves at the higher resolution (the
+    # write-up's); "conv-nearest" convolves at the lower resolution to the next level's width, then
+    # upsamples (a quarter of the multiply-adds, and a narrower first block in the level above)
+    upsample: str = _opt("nearest-conv")
 
     def validate(self) -> "ModelConfig":
         _check_choice("arch", self.arch, ("resnet", "unet"))
         _check_choice("norm", self.norm, ("batch", "group"))
         _check_choice("class_cond", self.class_cond, ("input", "cbn", "block"))
+        _check_choice("upsample", self.upsample, UPSAMPLES)
         if self.channels < 1 or self.num_blocks < 0 or self.image_size < 4:
             raise ConfigError("channels, num_blocks and image_size must be positive")
         self.channel_mults = tuple(self.channel_mults)
@@ -270,6 +276,10 @@ register(Preset("unet-block", "UNet; per-block class projection between the two 
 register(Preset("unet-small", "unet-block's design sized for a CPU: 32 channels, one block per level (the shipped model)",
                 ModelConfig(arch="unet", channels=32, channel_mults=(1, 2, 4), blocks_per_level=1, time_dim=128,
                             norm="group", num_classes=10, class_dim=32, class_cond="block"),
+                train=dict(_GUIDED)))
+register(Preset("unet-lite", "unet-small with its upsampling convolutions on the coarse grid, narrowed to the level's width",
+                ModelConfig(arch="unet", channels=32, channel_mults=(1, 2, 4), blocks_per_level=1, time_dim=128,
+                            norm="group", num_classes=10, class_dim=32, class_cond="block", upsample="conv-nearest"),
                 train=dict(_GUIDED)))
 register(Preset("unet-faces64", "64x64 RGB UNet, GroupNorm + timestep embedding; a folder of faces (--data-dir)",
                 ModelConfig(arch="unet", image_size=64, in_channels=3, channels=96, channel_mults=(1, 2, 3, 4),
