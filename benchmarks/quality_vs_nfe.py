@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/quality_vs_nfe.py RUN [--n 250] [--grid "ddpm:5,10,20,50,100,1000;..."]
         [--guidance 0,0.5,1,2] [--precision fp32|bf16] [--out docs/nfe]
-        [--curves "dpm++2m/logsnr/g0.3/i100-700:4,5,8,10,25,50;..."]
+        [--curves "dpm++2m/logsnr/g0.3/i100-700:4,5,8,10,25,50;..."] [--beside OTHER_RUN]
 
 Every point is `ddpmlab evaluate RUN --n N --sampler S --steps K` (the same cached evaluation
 files, RUN/eval/*.json, so an interrupted sweep resumes where it stopped). With guidance 0 a step
@@ -12,6 +12,8 @@ label in one forward pass: twice the work, same number of passes).
 
 --curves replaces --grid: each curve is SAMPLER/SPACING/gGUIDANCE[/iLO-HI]:STEPS,...; its NFE
 axis counts a guided step twice (diffusion.count_nfe), so guided and unguided curves compare.
+--beside evaluates the same curves on a second model in the same run and draws them dashed in the
+same colours (e.g. the shipped fmnist beside fmnist-v1).
 
 Writes OUT.md (the table) and OUT.png (fd and cond_acc against NFE, one line per sampler) and
 prints the table with the sampling seconds of each point.
@@ -75,22 +77,27 @@ def main():
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="the network's, while sampling")
     ap.add_argument("--out", default="docs/nfe")
     ap.add_argument("--curves", help="SAMPLER/SPACING/gW[/iLO-HI]:STEPS,...;... (replaces --grid)")
+    ap.add_argument("--beside", help="a second run or shipped model: the same --curves, drawn dashed")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     header = ("| sampler | NFE | guidance | fd | fd floor | cond_acc | entropy | precision | recall | sampling s |\n"
               "|---|---|---|---|---|---|---|---|---|---|")
     lines, curves = [header], {}
+    if args.beside and not args.curves:
+        raise SystemExit("--beside needs --curves")
     if args.curves:
-        rc = load_config(resolve_run(args.run))
-        sched = make_schedule(rc.diffusion)
-        for label, kw, steps_list in parse_curves(args.curves):
-            for steps in steps_list:
-                nfe = count_nfe(sched.T, steps, kw["spacing"], sched, kw["guidance"], kw["guidance_interval"])
-                r, _ = cached_evaluate_run(args.run, args.n, steps=steps, seed=args.seed, precision=args.precision, **kw)
-                curves.setdefault(label, []).append((nfe, r["fd"], r["cond_acc"]))
-                lines.append(row(r, f"{label} ({steps} steps)", nfe, kw["guidance"]))
-                print(lines[-1], flush=True)
+        specs = parse_curves(args.curves)
+        for model in [args.run] + ([args.beside] if args.beside else []):
+            sched = make_schedule(load_config(resolve_run(model)).diffusion)
+            for label, kw, steps_list in specs:
+                name = f"{model}: {label}" if args.beside else label
+                for steps in steps_list:
+                    nfe = count_nfe(sched.T, steps, kw["spacing"], sched, kw["guidance"], kw["guidance_interval"])
+                    r, _ = cached_evaluate_run(model, args.n, steps=steps, seed=args.seed, precision=args.precision, **kw)
+                    curves.setdefault(name, []).append((nfe, r["fd"], r["cond_acc"]))
+                    lines.append(row(r, f"{name} ({steps} steps)", nfe, kw["guidance"]))
+                    print(lines[-1], flush=True)
         args.grid = ""
     for sampler, steps in parse_grid(args.grid):
         r, _ = cached_evaluate_run(args.run, args.n, sampler=sampler, steps=steps, seed=args.seed,
@@ -109,15 +116,18 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(
-        f"`{args.run}`, n={args.n} samples per point (labels cycling 0..9), seed {args.seed}, "
+        f"`{args.run}`" + (f" beside `{args.beside}`" if args.beside else "") + f", n={args.n} samples per point (labels cycling 0..9), seed {args.seed}, "
         f"network in {args.precision} while sampling.\n\n" + "\n".join(lines) + "\n")
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for sampler, pts in curves.items():
+    for i, (sampler, pts) in enumerate(curves.items()):
         pts.sort()
         nfe, fd, acc = zip(*pts)
-        a1.plot(nfe, fd, "o-", label=sampler)
-        a2.plot(nfe, acc, "o-", label=sampler)
+        n_own = len(curves) // 2 if args.beside else len(curves)   # the --beside model's curves come second
+        style = dict(color=f"C{i % n_own}", ls="--" if i >= n_own else "-", marker="o" if i < n_own else "s",
+                     label=sampler)
+        a1.plot(nfe, fd, **style)
+        a2.plot(nfe, acc, **style)
     a1.axhline(floor, color="grey", ls="--", lw=1, label=f"floor (real vs real, n={args.n})")
     a2.axhline(real_acc, color="grey", ls="--", lw=1, label="classifier on real images")
     for a, name in ((a1, "fd (classifier features, lower is better)"), (a2, "cond_acc (higher is better)")):
@@ -128,7 +138,8 @@ def main():
     a1.set_yscale("log")
     a2.legend(fontsize=8)
     a1.legend(fontsize=8)
-    fig.suptitle(f"quality against sampling steps: {args.run}, n={args.n}")
+    fig.suptitle(f"quality against sampling steps: {args.run}" + (f" (solid) beside {args.beside} (dashed)"
+                                                                  if args.beside else "") + f", n={args.n}")
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=110)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")

@@ -26,15 +26,20 @@ from ddpmlab.diffusion import count_nfe, make_schedule
 from ddpmlab.sample import sampling_settings
 
 
-def lr_history(run: Path) -> str:
-    """'0.001 (logged at steps 25-3,748), then 0.0002 (3,794-7,821)': a resumed run may have changed it."""
+def lr_history(run: Path, schedule: str = "plateau") -> str:
+    """'0.001 (logged at steps 25-3,748), then 0.0002 (3,794-7,821)': a resumed run may have changed
+    it. A cosine schedule changes the rate at every step: its peak and its last logged value."""
+    steps = [m for m in read_metrics(run) if m.get("kind") == "step"]
+    if schedule == "cosine" and steps:
+        peak = max(steps, key=lambda m: m["lr"])
+        return (f"warmup to {peak['lr']:g} (logged at step {peak['step']:,}), cosine decay to "
+                f"{steps[-1]['lr']:.3g} at the last logged step ({steps[-1]['step']:,})")
     spans = []                                    # [lr, first step, last step]
-    for m in read_metrics(run):
-        if m.get("kind") == "step":
-            if spans and spans[-1][0] == m["lr"]:
-                spans[-1][2] = m["step"]
-            else:
-                spans.append([m["lr"], m["step"], m["step"]])
+    for m in steps:
+        if spans and spans[-1][0] == m["lr"]:
+            spans[-1][2] = m["step"]
+        else:
+            spans.append([m["lr"], m["step"], m["step"]])
     text = ", then ".join(f"{lr:g} ({a:,}-{b:,})" for lr, a, b in spans)
     return text.replace(" (", " (logged at steps ", 1)
 
@@ -93,7 +98,7 @@ def main():
              f"| wall time | {s['train_seconds'] / 3600:.2f} h of training (snapshots excluded) |",
              f"| images/s | {s['img_per_s']} |",
              f"| hardware | {args.hardware} |",
-             f"| learning rate | {lr_history(run)} |",
+             f"| learning rate | {lr_history(run, rc.train.lr_schedule)} |",
              f"| recipe | {recipe(rc)} |",
              "| weights | `ema.safetensors` (the EMA weights) |",
              f"| last logged loss | {s['final_loss']:.4f} |" if s["final_loss"] else "",

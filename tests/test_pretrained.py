@@ -35,3 +35,13 @@ def test_bf16_sampling_stays_close_to_fp32(fp32_samples):
     assert torch.equal(y, y32) and x.dtype == torch.float32
     diff = (x - x32).abs()
     assert 0 < diff.mean() < 0.02             # the same images: about one grey level apart on average
+
+
+def test_the_first_shipped_model_stays_loadable_as_fmnist_v1():
+    """v1 (unet-small, the write-up's recipe) is kept beside the new fmnist so the comparison in
+    README can be rerun; it must still draw the labels it is given."""
+    run = load_run("fmnist-v1", device="cpu", precision="fp32")
+    assert run.config.model.upsample == "nearest-conv" and run.config.preset == "unet-small"
+    x, y = sample(run, 20, labels="all", steps=8)
+    _, logits = predict(load_classifier(PRETRAINED), to_uint8(x))
+    assert (logits.argmax(1) == y).float().mean() >= 0.8
