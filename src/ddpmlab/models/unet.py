@@ -69,8 +69,9 @@ class Upsample(nn.Module):
     artefacts of transposed convs). Sizing by the skip handles odd sizes: 7 -> 4 -> 7.
 
     conv_first=False (the write-up's) upsamples, then convolves cin -> cout at the higher
-    resolution; conv_first=True convolves at the lower resolution, then upsamples: the same
-    receptive field in the coarse grid, a quarter of the multiply-adds."""
+    resolution; conv_first=True convolves at the lower resolution, then upsamples: a quarter of
+    the multiply-adds and 3x3 coarse pixels in view instead of 2x2, but each 2x2 block of its
+    output is one value, so the fine detail must come from the skip and the blocks after it."""
 
     def __init__(self, cin: int, cout: int, conv_first: bool = False):
         super().__init__()
