@@ -120,10 +120,10 @@ def main():
         f"network in {args.precision} while sampling.\n\n" + "\n".join(lines) + "\n")
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    n_own = len(curves) // 2 if args.beside else len(curves)   # the --beside model's curves come second
     for i, (sampler, pts) in enumerate(curves.items()):
         pts.sort()
         nfe, fd, acc = zip(*pts)
-        n_own = len(curves) // 2 if args.beside else len(curves)   # the --beside model's curves come second
         style = dict(color=f"C{i % n_own}", ls="--" if i >= n_own else "-", marker="o" if i < n_own else "s",
                      label=sampler)
         a1.plot(nfe, fd, **style)

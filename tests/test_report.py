@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from ddpmlab import cli, reproduce as R
-from ddpmlab.sample import load_run
+from ddpmlab.run import load_config, resolve_run
 
 TINY_BUDGET = R.Budget({"resnet": {"channels": 8, "num_blocks": 2, "time_dim": 16},
                        "unet": {"channels": 8, "channel_mults": (1, 2), "blocks_per_level": 1, "time_dim": 16}},
@@ -106,7 +106,7 @@ def test_report_of_a_shipped_model_draws_its_samples_and_process(tmp_path):
     """A shipped model has no sample grid or process figure on disk: the report draws them."""
     assert cli.main(["report", "fmnist", "--no-eval", "--out", str(tmp_path), "--quiet"]) == 0
     figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
-    preset = load_run("fmnist", device="cpu").config.preset    # figures are named by the preset
+    preset = load_config(resolve_run("fmnist")).preset    # figures are named by the preset
     assert f"{preset}-samples.png" in figures and f"{preset}-process.png" in figures, figures
     md = (tmp_path / "REPORT.md").read_text()
     assert f"{preset}-samples.png" in md and f"{preset}-process.png" in md

@@ -278,9 +278,7 @@ register(Preset("unet-small", "unet-block's design sized for a CPU: 32 channels,
                             norm="group", num_classes=10, class_dim=32, class_cond="block"),
                 train=dict(_GUIDED)))
 register(Preset("unet-lite", "unet-small with its upsampling convolutions on the coarse grid, narrowed to the level's width",
-                ModelConfig(arch="unet", channels=32, channel_mults=(1, 2, 4), blocks_per_level=1, time_dim=128,
-                            norm="group", num_classes=10, class_dim=32, class_cond="block", upsample="conv-nearest"),
-                train=dict(_GUIDED)))
+                dataclasses.replace(PRESETS["unet-small"].model, upsample="conv-nearest"), train=dict(_GUIDED)))
 register(Preset("unet-faces64", "64x64 RGB UNet, GroupNorm + timestep embedding; a folder of faces (--data-dir)",
                 ModelConfig(arch="unet", image_size=64, in_channels=3, channels=96, channel_mults=(1, 2, 3, 4),
                             blocks_per_level=2, time_dim=512, norm="group"),

@@ -158,8 +158,8 @@ class UNet(nn.Module):
             w = widths[i]
             up = None
             if i < n_levels - 1:   # conv-nearest narrows to this level's width on the coarse grid
-                up = Upsample(ch, w if conv_first else ch, conv_first)
-                ch = w if conv_first else ch
+                cout = w if conv_first else ch
+                up, ch = Upsample(ch, cout, conv_first), cout
             blocks = [block((ch + w) if j == 0 else w, w) for j in range(cfg.blocks_per_level)]
             self.up.append(Level(blocks, up))
             ch = w
