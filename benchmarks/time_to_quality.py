@@ -147,6 +147,12 @@ def evaluate(snap: Path, n: int) -> dict:
     return json.loads(out.read_text())
 
 
+def at_minutes(budget: int, clock_seconds: float) -> float:
+    """Where a snapshot sits on the time axis: its budget, or the clock at the end of a run that
+    finished its planned steps before that budget (its weights stopped changing there)."""
+    return min(float(budget), clock_seconds / 60)
+
+
 def minutes_to(points: list[tuple[float, float]], target: float) -> float | None:
     """First time fd <= target, linearly interpolated between the measured budgets."""
     prev = None
@@ -209,8 +215,9 @@ def main(argv=None):
                 continue
             r = evaluate(snap, args.n)
             at = json.loads((snap / "at.json").read_text())
-            curves.setdefault(name, []).append((m, r["fd"], r["fd_floor"]))
-            rows.append(f"| {name} | {m} | {at['step']} | {r['fd']:.2f} | {r['fd_floor']:.2f} | "
+            x = at_minutes(m, at["clock_seconds"])
+            curves.setdefault(name, []).append((x, r["fd"], r["fd_floor"]))
+            rows.append(f"| {name} | {m if x == m else f'{x:.1f} (ended)'} | {at['step']} | {r['fd']:.2f} | {r['fd_floor']:.2f} | "
                         f"{r['fd'] / r['fd_floor']:.2f}x | {r['cond_acc']:.3f} | {r['pred_entropy']:.3f} |")
             print(rows[-1], flush=True)
     ref = "fast" if "fast" in curves else next(iter(curves), None)

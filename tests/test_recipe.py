@@ -155,9 +155,11 @@ def test_cli_train_flags(capsys):
 
 # --------------------------------------------------------------------------- training with them
 
-def test_fast_recipe_trains_and_resumes_bit_identically(tmp_path, fmnist_small, monkeypatch):
+@pytest.mark.parametrize("stop", [7, 10])
+def test_fast_recipe_trains_and_resumes_bit_identically(tmp_path, fmnist_small, monkeypatch, stop):
     """Cosine lr, min-SNR, v and the EMA half-life are functions of the step: a run interrupted
-    mid-epoch and resumed ends with the weights of the uninterrupted one."""
+    mid-epoch (7) or on an epoch's last step (10, when the next epoch's permutation is already
+    drawn) and resumed ends with the weights of the uninterrupted one."""
     data = fmnist_small.subset(160)                                  # 5 steps of 32 per epoch
 
     def rc():
@@ -166,12 +168,12 @@ def test_fast_recipe_trains_and_resumes_bit_identically(tmp_path, fmnist_small, 
     train(tmp_path / "full", rc(), data=data, progress=False)
     step = Trainer.train_step
 
-    def stop_at_7(self, idx):
+    def stop_there(self, idx):
         out = step(self, idx)
-        if self.step + 1 == 7:
+        if self.step + 1 == stop:
             self.interrupted = True
         return out
-    monkeypatch.setattr(Trainer, "train_step", stop_at_7)
+    monkeypatch.setattr(Trainer, "train_step", stop_there)
     with pytest.raises(TrainingInterrupted):
         train(tmp_path / "split", rc(), data=data, progress=False)
     monkeypatch.undo()
@@ -185,3 +187,61 @@ def test_fast_recipe_trains_and_resumes_bit_identically(tmp_path, fmnist_small, 
     tc = rc().train
     assert [m["lr"] for m in logged] == pytest.approx([cosine_lr(m["step"] - 1, 15, tc.lr, tc.min_lr, 3) for m in logged])
     assert logged[-1]["lr"] == pytest.approx(tc.min_lr)
+
+
+# --------------------------------------------------------------------------- --minutes
+
+def test_steps_for_minutes_fills_what_is_left_of_the_budget():
+    from ddpmlab.train import steps_for_minutes
+    assert steps_for_minutes(100, 30.0, 0.5, 1.0, margin=1.0) == 160        # 30 s left at 0.5 s a step
+    assert steps_for_minutes(100, 30.0, 0.5, 1.0, margin=0.5) == 130
+    assert steps_for_minutes(100, 75.0, 0.5, 1.0) == 100                   # the budget is already spent
+
+
+def test_minutes_fixes_the_length_once_and_a_resume_keeps_it(tmp_path, fmnist_small, monkeypatch):
+    """A fake clock at 0.5 s a step: planned at step 60 (30 s in), a 45-second budget leaves
+    15 s x 0.97 = 29 more steps. The length goes into config.json; a run interrupted after the
+    plan and resumed on a machine four times slower still stops there, with the same weights,
+    and its cosine schedule ends at min_lr on the last step."""
+    import importlib
+    import types
+    T = importlib.import_module("ddpmlab.train")
+    data = fmnist_small.subset(160)                                  # 5 steps of 32 per epoch
+    clock = {"now": 0.0, "per_step": 0.5}
+    monkeypatch.setattr(T, "time", types.SimpleNamespace(monotonic=lambda: clock["now"],
+                                                         perf_counter=T.time.perf_counter))
+    step = Trainer.train_step
+
+    def timed(self, idx):
+        clock["now"] += clock["per_step"]
+        return step(self, idx)
+    monkeypatch.setattr(Trainer, "train_step", timed)
+
+    def rc():
+        return make_run_config("resnet-class", TINY, recipe="fast", warmup_steps=3, epochs=100, batch_size=32,
+                               snapshot_steps=0, log_every=1, device="cpu", minutes=0.75)
+    assert train(tmp_path / "full", rc(), data=data, progress=False) == {"steps": 89, "epochs": 17, "finished": True}
+    saved = json.loads((tmp_path / "full" / "config.json").read_text())["train"]
+    assert saved["max_steps"] == 89 and saved["minutes"] == 0.75
+    logged = [m for m in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines())
+              if m["kind"] == "step"]
+    assert logged[-1]["step"] == 89 and logged[-1]["lr"] == pytest.approx(rc().train.min_lr)
+    # after the warmup, the peak rate until the length is known; then the decay starts from it
+    assert {m["lr"] for m in logged if 3 <= m["step"] <= 61} == {rc().train.lr}
+    assert logged[61]["step"] == 62 and logged[61]["lr"] < rc().train.lr
+
+    def stop_at_70(self, idx):
+        out = timed(self, idx)
+        if self.step + 1 == 70:
+            self.interrupted = True
+        return out
+    monkeypatch.setattr(Trainer, "train_step", stop_at_70)
+    with pytest.raises(TrainingInterrupted):
+        train(tmp_path / "split", rc(), data=data, progress=False)
+    monkeypatch.setattr(Trainer, "train_step", timed)
+    clock["per_step"] = 2.0
+    assert train(tmp_path / "split", resume=True, data=data, progress=False)["steps"] == 89
+    for name in ("model", "ema"):
+        a = checkpoint.load_tensors(tmp_path / "full", f"{name}.safetensors")
+        b = checkpoint.load_tensors(tmp_path / "split", f"{name}.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), name

@@ -34,3 +34,8 @@ def test_extra_contenders_are_named_train_arguments():
     for bad in ["no-equals-sign", "fast=--lr 1", "diffusers-x=--lr 1", "=--lr 1"]:
         with pytest.raises(SystemExit, match="NAME=ARGS"):
             ttq.with_extra(ttq.contenders(10), [bad])
+
+
+def test_a_run_that_finished_early_sits_where_it_ended():
+    assert ttq.at_minutes(12, 12 * 60 + 4.0) == 12          # stopped at its budget (a little after)
+    assert ttq.at_minutes(12, 10.5 * 60) == 10.5            # ended its planned steps at 10.5 minutes

@@ -67,7 +67,7 @@ def cmd_train(args) -> None:
         skip_unreadable=args.skip_unreadable or None,
         compile=args.compile or None, tensorboard=args.tensorboard or None,
         loss_weighting=args.loss_weighting, t_sampling=args.t_sampling, lr_schedule=args.lr_schedule,
-        warmup_steps=args.warmup_steps, ema_halflife_kimg=args.ema_halflife_kimg).items()
+        warmup_steps=args.warmup_steps, ema_halflife_kimg=args.ema_halflife_kimg, minutes=args.minutes).items()
         if v is not None}
     if args.resume:
         # a recipe's training settings apply like flags; the network (model, prediction) cannot change
@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--max-steps", type=int, help="stop after N optimiser steps")
+    p.add_argument("--minutes", type=float,
+                   help="a wall-clock budget: after the warmup the run measures its speed and fixes its length "
+                        "(max_steps) so that it, and a cosine schedule, end when the budget is spent")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"))

@@ -155,6 +155,7 @@ class TrainConfig:
     warmup_steps: int = _opt(0)             # cosine: steps of linear warmup from lr / warmup_steps to lr
     ema_halflife_kimg: float | None = _opt(None)   # EMA half-life in thousands of images (EDM); None: ema_decay
     ema_rampup: float | None = _opt(None)   # with the half-life: at most this fraction of the images seen (EDM 0.05)
+    minutes: float | None = _opt(None)      # a wall-clock budget: the run measures its speed and fixes max_steps
 
     def validate(self) -> "TrainConfig":
         _check_choice("device", self.device, ("auto", "cpu", "cuda", "mps"))
@@ -183,6 +184,8 @@ class TrainConfig:
                               f"min_lr {self.min_lr:g}, lr {self.lr:g}")
         if self.ema_halflife_kimg is not None and self.ema_halflife_kimg <= 0:
             raise ConfigError(f"ema_halflife_kimg must be > 0 (or None: ema_decay), got {self.ema_halflife_kimg}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ConfigError(f"minutes must be > 0, got {self.minutes}")
         if self.ema_rampup is not None and (self.ema_halflife_kimg is None or self.ema_rampup <= 0):
             raise ConfigError(f"ema_rampup {self.ema_rampup} needs ema_halflife_kimg and must be > 0")
         return self

@@ -56,15 +56,33 @@ def make_run_config(preset: str, model_overrides: dict | None = None, *, recipe:
     return RunConfig(preset, model, diffusion, train)
 
 
-def cosine_lr(step: int, total: int, lr: float, min_lr: float, warmup: int = 0) -> float:
+PLAN_FROM_STEP = 10       # --minutes: the speed is measured from here (the first steps allocate and warm caches)
+PLAN_AT_STEP = 60         # ... to here, or to the end of the warmup if later
+PLAN_MARGIN = 0.97        # the share of the remaining time given to steps: epoch-end snapshots and saves take the rest
+
+
+def steps_for_minutes(step: int, elapsed_s: float, seconds_per_step: float, minutes: float,
+                      margin: float = PLAN_MARGIN) -> int:
+    """The run's length in optimiser steps when `step` steps took `elapsed_s` seconds since the
+    trainer started and each further one takes `seconds_per_step`: as many as fit in what is
+    left of `minutes`, less the margin; never fewer than the steps already made."""
+    left = minutes * 60 - elapsed_s
+    return step + max(0, int(left * margin / seconds_per_step))
+
+
+def cosine_lr(step: int, total: int, lr: float, min_lr: float, warmup: int = 0, hold: int = 0) -> float:
     """The learning rate of optimiser step `step` (0-based) of `total`: linear warmup from
-    lr / warmup to lr over the first `warmup` steps, then a half cosine from lr down to min_lr,
-    reached at the last step (total - 1). A function of the step alone, so a resumed run (which
-    restores the step) continues it exactly."""
+    lr / warmup to lr over the first `warmup` steps, lr until step `hold` (--minutes: until the
+    run's length is known), then a half cosine from lr down to min_lr, reached at the last step
+    (total - 1). A function of the step alone, so a resumed run (which restores the step)
+    continues it exactly."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    span = max(1, total - 1 - warmup)
-    progress = min(1.0, (step - warmup) / span)
+    start = max(warmup, hold)
+    if step < start:
+        return lr
+    span = max(1, total - 1 - start)
+    progress = min(1.0, (step - start) / span)
     return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -153,6 +171,7 @@ class Trainer:
         self.epoch = 0                  # epochs completed
         self.batch_pos = 0              # batches done in the current epoch
         self.perm = None
+        self.perm_epoch = None          # the epoch self.perm was drawn for
         self.epoch_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.interrupted = False
         self.stop_agreed = False        # distributed: all ranks stop at the same step
@@ -163,6 +182,10 @@ class Trainer:
         self.compile_s = None           # torch.compile: seconds of the first step, compilation included
         self.last_save = time.monotonic()
         self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0   # images/s of the current epoch
+        self.t_start = time.monotonic()      # --minutes counts from here: data loading and model building included
+        self.length_planned = False          # --minutes: max_steps has been fixed from the measured speed ...
+        self.planned_at = None               # ... at this step, where the cosine decay begins
+        self.t_plan_from, self.plan_from = None, 0   # --minutes: where the speed is measured from
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -174,7 +197,8 @@ class Trainer:
             gens = [gen]
         return {"step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos, "perm": self.perm,
                 "epoch_loss_sum": self.epoch_loss_sum.cpu(), "optimizer": self.opt.state_dict(),
-                "plateau": self.plateau.state_dict(), "gen": gens, "perm_gen": self.perm_gen.get_state()}
+                "plateau": self.plateau.state_dict(), "gen": gens, "perm_gen": self.perm_gen.get_state(),
+                "length_planned": self.length_planned, "planned_at": self.planned_at, "perm_epoch": self.perm_epoch}
 
     @torch.no_grad()
     def sync_buffers(self) -> None:
@@ -220,6 +244,9 @@ class Trainer:
         else:
             log.warning("resuming with %d processes a run saved with %d: noise streams restart", self.world, len(gens))
         self.perm_gen.set_state(s["perm_gen"])
+        self.length_planned, self.planned_at = s.get("length_planned", False), s.get("planned_at")
+        # the epoch the saved permutation belongs to; older checkpoints drew a new one at batch 0
+        self.perm_epoch = s.get("perm_epoch", self.epoch if self.batch_pos > 0 else None)
         if self.rank != 0:
             return
         self.runlog.keep_until(self.step)   # lines logged after this checkpoint, by a run that then crashed
@@ -253,6 +280,27 @@ class Trainer:
         total = tc.epochs * self.batches_per_epoch
         return min(total, tc.max_steps) if tc.max_steps else total
 
+    def plan_length(self) -> None:
+        """--minutes: fix max_steps from the speed of the steps since PLAN_FROM_STEP, so that the
+        run (and a cosine schedule with it) ends when the budget is spent. Planned at the end of
+        the warmup at the earliest, so no step's learning rate depended on the old length. The
+        length is written to config.json and the checkpoint: a resumed run keeps it."""
+        tc = self.rc.train
+        elapsed = time.monotonic() - self.t_start
+        per_step = (time.monotonic() - self.t_plan_from) / (self.step - self.plan_from)
+        planned = torch.tensor(float(steps_for_minutes(self.step, elapsed, per_step, tc.minutes)
+                                     if self.rank == 0 else 0), device=self.device)
+        planned = int(self._sum_ranks(planned).item())      # rank 0's estimate, for every rank
+        tc.max_steps = min(planned, tc.max_steps) if tc.max_steps else planned
+        self.length_planned, self.planned_at = True, self.step
+        if self.bar is not None:
+            self.bar.total = min(self.bar.total, tc.max_steps)
+            self.bar.refresh()
+        if self.rank == 0:
+            save_config(self.run_dir, self.rc)
+        log.info("--minutes %g: %.3f s a step after %d steps in %.0f s; the run is %d steps", tc.minutes,
+                 per_step, self.step, elapsed, tc.max_steps)
+
     # ------------------------------------------------------------------ the loop
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
         x0 = to_model_range(self.images[idx])                               # (B, C, H, W) in [-1, 1]
@@ -271,7 +319,8 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.lr_schedule == "cosine":     # per step, from the step alone (resumes exactly)
-            lr = cosine_lr(self.step, self.planned_steps(), tc.lr, tc.min_lr, tc.warmup_steps)
+            hold = 0 if not tc.minutes else self.planned_at if self.length_planned else self.step + 1
+            lr = cosine_lr(self.step, self.planned_steps(), tc.lr, tc.min_lr, tc.warmup_steps, hold)
             for g in self.opt.param_groups:
                 g["lr"] = lr
         self.opt.step()
@@ -346,8 +395,9 @@ class Trainer:
         tc = self.rc.train
         window, window_n, t_window = torch.zeros((), device=self.device), 0, time.perf_counter()
         while self.epoch < tc.epochs:
-            if self.batch_pos == 0:
+            if self.perm_epoch != self.epoch:   # a new epoch; one stopped at its first batch keeps its own
                 self.perm = torch.randperm(len(self.images), generator=self.perm_gen)
+                self.perm_epoch = self.epoch
                 self.epoch_loss_sum.zero_()
             # images/s of this epoch count from here (from the resume point mid-epoch)
             self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0
@@ -355,7 +405,7 @@ class Trainer:
             self.model.train()
             while self.batch_pos < self.batches_per_epoch:
                 if tc.max_steps and self.step >= tc.max_steps:
-                    return False
+                    return self.length_planned      # --minutes: the budget is spent, the run is done
                 if self.interrupted if self.world == 1 else self.stop_agreed:
                     return False
                 first = (self.batch_pos * self.world + self.rank) * self.batch     # this rank's shard
@@ -371,6 +421,11 @@ class Trainer:
                     loss = self.train_step(idx)
                 self.step += 1
                 self.batch_pos += 1
+                if tc.minutes and not self.length_planned:
+                    if self.step == PLAN_FROM_STEP or self.t_plan_from is None:   # (or the first step after a resume)
+                        self.t_plan_from, self.plan_from = time.monotonic(), self.step
+                    elif self.step >= max(PLAN_AT_STEP, tc.warmup_steps, self.plan_from + PLAN_AT_STEP - PLAN_FROM_STEP):
+                        self.plan_length()
                 self.epoch_loss_sum += loss
                 window += loss
                 window_n += 1
