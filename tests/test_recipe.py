@@ -151,6 +151,20 @@ def test_cli_train_flags(capsys):
     t = j["train"]
     assert "loss_weighting" not in t and t["t_sampling"] == "lognormal" and t["lr_schedule"] == "cosine"
     assert t["warmup_steps"] == 7 and t["ema_halflife_kimg"] == 3.0 and t["ema_rampup"] == 0.1
+    assert j["diffusion"]["schedule"] == "linear"
+    assert cli.main(["train", "--dry-run", "--schedule", "cosine", "--minutes", "12"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["diffusion"]["schedule"] == "cosine" and j["train"]["minutes"] == 12.0
+
+
+@pytest.mark.parametrize("flag", [["--schedule", "cosine"], ["--prediction", "v"]])
+def test_resume_refuses_another_diffusion(tmp_path, capsys, flag):
+    from ddpmlab.run import save_config
+    tmp_path.mkdir(exist_ok=True)
+    save_config(tmp_path, make_run_config("resnet-class", TINY))
+    assert cli.main(["train", "--out", str(tmp_path), "--resume", *flag]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag[0]} {flag[1]}" in err and "a run being resumed keeps it" in err
 
 
 # --------------------------------------------------------------------------- training with them

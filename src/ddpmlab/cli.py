@@ -74,11 +74,12 @@ def cmd_train(args) -> None:
         recipe = C.get_recipe(args.recipe) if args.recipe else {"diffusion": {}, "train": {}}
         overrides = {**recipe["train"], **overrides}
         _check_resume_keeps_the_network(Path(out), parse_set(args.set),
-                                        args.prediction or recipe["diffusion"].get("prediction"))
+                                        args.prediction or recipe["diffusion"].get("prediction"), args.schedule)
         result = train(out, resume=True, progress=not args.quiet, **overrides)
     else:
         rc = make_run_config(args.preset, parse_set(args.set), recipe=args.recipe,
-                             diffusion_overrides={"prediction": args.prediction}, **overrides)
+                             diffusion_overrides={"prediction": args.prediction, "schedule": args.schedule},
+                             **overrides)
         if args.dry_run:
             import json
             print(json.dumps(rc.to_json(), indent=2))
@@ -88,16 +89,17 @@ def cmd_train(args) -> None:
     print(f"{out}: {state} after {result['steps']} steps, {result['epochs']} epochs")
 
 
-def _check_resume_keeps_the_network(out, model_set: dict, prediction: str | None) -> None:
-    """The same command again with --resume is fine; a different network is not."""
+def _check_resume_keeps_the_network(out, model_set: dict, prediction: str | None, schedule: str | None = None) -> None:
+    """The same command again with --resume is fine; a different network or diffusion is not."""
     out_cfg = out / "config.json"
-    if not (model_set or prediction) or not out_cfg.is_file():
+    if not (model_set or prediction or schedule) or not out_cfg.is_file():
         return                                  # train() says what is wrong with a run that is not there
     from .run import load_config
     saved = load_config(out)
-    if prediction and prediction != saved.diffusion.prediction:
-        raise C.ConfigError(f"--prediction {prediction}: {out_cfg} was trained with prediction "
-                            f"{saved.diffusion.prediction}; a run being resumed keeps it")
+    for flag, value in (("prediction", prediction), ("schedule", schedule)):
+        if value and value != getattr(saved.diffusion, flag):
+            raise C.ConfigError(f"--{flag} {value}: {out_cfg} was trained with {flag} "
+                                f"{getattr(saved.diffusion, flag)}; a run being resumed keeps it")
     have = C.to_dict(saved.model)
     changed = [k for k, v in C.to_dict(C.from_dict(C.ModelConfig, {**have, **model_set})).items() if have[k] != v]
     if changed:
@@ -300,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help=f"a named set of the training options below, applied before the flags given: "
                                     f"{', '.join(C.RECIPES)} (default: the write-up's recipe)")
     p.add_argument("--prediction", choices=C.PREDICTIONS, help="what the network outputs (default: eps)")
+    p.add_argument("--schedule", choices=("linear", "cosine"),
+                   help="noise schedule: linear (DDPM's) | cosine (Nichol & Dhariwal 2021) (default: the preset's, linear)")
     p.add_argument("--loss-weighting", choices=C.LOSS_WEIGHTINGS, help="min-snr: Hang et al. 2023, gamma 5 (default: uniform)")
     p.add_argument("--t-sampling", choices=C.T_SAMPLINGS, help="training timesteps; lognormal: EDM's (default: uniform)")
     p.add_argument("--lr-schedule", choices=C.LR_SCHEDULES,
