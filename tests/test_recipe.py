@@ -212,11 +212,12 @@ def test_steps_for_minutes_fills_what_is_left_of_the_budget():
     assert steps_for_minutes(100, 75.0, 0.5, 1.0) == 100                   # the budget is already spent
 
 
-def test_minutes_fixes_the_length_once_and_a_resume_keeps_it(tmp_path, fmnist_small, monkeypatch):
-    """A fake clock at 0.5 s a step: planned at step 60 (30 s in), a 45-second budget leaves
-    15 s x 0.97 = 29 more steps. The length goes into config.json; a run interrupted after the
-    plan and resumed on a machine four times slower still stops there, with the same weights,
-    and its cosine schedule ends at min_lr on the last step."""
+def test_minutes_plans_the_length_and_a_resume_keeps_the_clock(tmp_path, fmnist_small, monkeypatch):
+    """A fake clock at 0.5 s a step: first planned at step 60 (30 s in, 25 s for steps 10..60),
+    a 45-second budget leaves 15 s x 0.98 = 29 more steps, and every epoch's re-plan agrees. The
+    cosine holds the peak rate until the plan and ends at min_lr on step 89. Interrupted at step
+    70 and resumed at the same pace, the run ends with the same weights; resumed on a machine
+    four times slower, the budget is spent by step 75 and the run ends there."""
     import importlib
     import types
     T = importlib.import_module("ddpmlab.train")
@@ -234,13 +235,16 @@ def test_minutes_fixes_the_length_once_and_a_resume_keeps_it(tmp_path, fmnist_sm
     def rc():
         return make_run_config("resnet-class", TINY, recipe="fast", warmup_steps=3, epochs=100, batch_size=32,
                                snapshot_steps=0, log_every=1, device="cpu", minutes=0.75)
+
+    def lines(run, kind):
+        return [m for m in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+                if m["kind"] == kind]
     assert train(tmp_path / "full", rc(), data=data, progress=False) == {"steps": 89, "epochs": 17, "finished": True}
-    saved = json.loads((tmp_path / "full" / "config.json").read_text())["train"]
-    assert saved["max_steps"] == 89 and saved["minutes"] == 0.75
-    logged = [m for m in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines())
-              if m["kind"] == "step"]
+    plans = lines("full", "plan")
+    assert plans[0]["step"] == 60 and {p["steps"] for p in plans} == {89} and len(plans) == 1 + 17 - 11
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["train"]["minutes"] == 0.75
+    logged = lines("full", "step")
     assert logged[-1]["step"] == 89 and logged[-1]["lr"] == pytest.approx(rc().train.min_lr)
-    # after the warmup, the peak rate until the length is known; then the decay starts from it
     assert {m["lr"] for m in logged if 3 <= m["step"] <= 61} == {rc().train.lr}
     assert logged[61]["step"] == 62 and logged[61]["lr"] < rc().train.lr
 
@@ -249,13 +253,15 @@ def test_minutes_fixes_the_length_once_and_a_resume_keeps_it(tmp_path, fmnist_sm
         if self.step + 1 == 70:
             self.interrupted = True
         return out
-    monkeypatch.setattr(Trainer, "train_step", stop_at_70)
-    with pytest.raises(TrainingInterrupted):
-        train(tmp_path / "split", rc(), data=data, progress=False)
-    monkeypatch.setattr(Trainer, "train_step", timed)
-    clock["per_step"] = 2.0
-    assert train(tmp_path / "split", resume=True, data=data, progress=False)["steps"] == 89
+    for run, pace, end in (("same", 0.5, 89), ("slower", 2.0, 75)):
+        clock["per_step"] = 0.5
+        monkeypatch.setattr(Trainer, "train_step", stop_at_70)
+        with pytest.raises(TrainingInterrupted):
+            train(tmp_path / run, rc(), data=data, progress=False)
+        monkeypatch.setattr(Trainer, "train_step", timed)
+        clock["per_step"] = pace
+        assert train(tmp_path / run, resume=True, data=data, progress=False)["steps"] == end
     for name in ("model", "ema"):
         a = checkpoint.load_tensors(tmp_path / "full", f"{name}.safetensors")
-        b = checkpoint.load_tensors(tmp_path / "split", f"{name}.safetensors")
+        b = checkpoint.load_tensors(tmp_path / "same", f"{name}.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), name

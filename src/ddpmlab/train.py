@@ -56,9 +56,9 @@ def make_run_config(preset: str, model_overrides: dict | None = None, *, recipe:
     return RunConfig(preset, model, diffusion, train)
 
 
-PLAN_FROM_STEP = 10       # --minutes: the speed is measured from here (the first steps allocate and warm caches)
-PLAN_AT_STEP = 60         # ... to here, or to the end of the warmup if later
-PLAN_MARGIN = 0.97        # the share of the remaining time given to steps: epoch-end snapshots and saves take the rest
+PLAN_FROM_STEP = 10       # --minutes: the pace is measured from here (the first steps allocate and warm caches)
+PLAN_AT_STEP = 60         # first plan here, or at the end of the warmup if later; again at every epoch's end
+PLAN_MARGIN = 0.98        # the share of the time left given to steps: the final save and figures take the rest
 
 
 def steps_for_minutes(step: int, elapsed_s: float, seconds_per_step: float, minutes: float,
@@ -182,10 +182,11 @@ class Trainer:
         self.compile_s = None           # torch.compile: seconds of the first step, compilation included
         self.last_save = time.monotonic()
         self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0   # images/s of the current epoch
-        self.t_start = time.monotonic()      # --minutes counts from here: data loading and model building included
-        self.length_planned = False          # --minutes: max_steps has been fixed from the measured speed ...
-        self.planned_at = None               # ... at this step, where the cosine decay begins
-        self.t_plan_from, self.plan_from = None, 0   # --minutes: where the speed is measured from
+        # --minutes: the budget's clock counts from here (data loading and model building included)
+        # and runs on across interruptions (train_seconds of the checkpoint), not while stopped
+        self.t_start, self.seconds_before = time.monotonic(), 0.0
+        self.plan = None        # {"steps": the run's planned length, "at": the step of the first plan (the
+                                #  cosine decays from there), "from": [step, seconds] where the pace is measured}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -198,7 +199,7 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos, "perm": self.perm,
                 "epoch_loss_sum": self.epoch_loss_sum.cpu(), "optimizer": self.opt.state_dict(),
                 "plateau": self.plateau.state_dict(), "gen": gens, "perm_gen": self.perm_gen.get_state(),
-                "length_planned": self.length_planned, "planned_at": self.planned_at, "perm_epoch": self.perm_epoch}
+                "perm_epoch": self.perm_epoch, "train_seconds": self.train_seconds(), "minutes_plan": self.plan}
 
     @torch.no_grad()
     def sync_buffers(self) -> None:
@@ -244,7 +245,7 @@ class Trainer:
         else:
             log.warning("resuming with %d processes a run saved with %d: noise streams restart", self.world, len(gens))
         self.perm_gen.set_state(s["perm_gen"])
-        self.length_planned, self.planned_at = s.get("length_planned", False), s.get("planned_at")
+        self.seconds_before, self.plan = s.get("train_seconds", 0.0), s.get("minutes_plan")
         # the epoch the saved permutation belongs to; older checkpoints drew a new one at batch 0
         self.perm_epoch = s.get("perm_epoch", self.epoch if self.batch_pos > 0 else None)
         if self.rank != 0:
@@ -274,32 +275,39 @@ class Trainer:
             self.opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience, min_lr=tc.min_lr)
 
     def planned_steps(self) -> int:
-        """The run's length in optimiser steps: epochs x batches per epoch, or max_steps if fewer
-        (where lr_schedule cosine reaches min_lr)."""
+        """The run's length in optimiser steps (where lr_schedule cosine reaches min_lr): epochs x
+        batches per epoch, or max_steps if fewer, or what --minutes planned if fewer still."""
         tc = self.rc.train
         total = tc.epochs * self.batches_per_epoch
-        return min(total, tc.max_steps) if tc.max_steps else total
+        total = min(total, tc.max_steps) if tc.max_steps else total
+        return min(total, self.plan["steps"]) if self.plan and "steps" in self.plan else total
+
+    def train_seconds(self) -> float:
+        """Wall time of this run so far, over all its processes (--minutes' clock)."""
+        return self.seconds_before + time.monotonic() - self.t_start
 
     def plan_length(self) -> None:
-        """--minutes: fix max_steps from the speed of the steps since PLAN_FROM_STEP, so that the
-        run (and a cosine schedule with it) ends when the budget is spent. Planned at the end of
-        the warmup at the earliest, so no step's learning rate depended on the old length. The
-        length is written to config.json and the checkpoint: a resumed run keeps it."""
+        """--minutes: the run's length from its pace since PLAN_FROM_STEP (epoch-end work
+        included), so that it, and a cosine schedule with it, ends when the budget is spent. First
+        planned at the end of the warmup at the earliest (the rate holds at its peak until then),
+        re-planned at every epoch's end as the pace becomes known; each plan goes into the
+        checkpoint, so a run resumed at the same pace ends as the uninterrupted one."""
         tc = self.rc.train
-        elapsed = time.monotonic() - self.t_start
-        per_step = (time.monotonic() - self.t_plan_from) / (self.step - self.plan_from)
-        planned = torch.tensor(float(steps_for_minutes(self.step, elapsed, per_step, tc.minutes)
-                                     if self.rank == 0 else 0), device=self.device)
-        planned = int(self._sum_ranks(planned).item())      # rank 0's estimate, for every rank
-        tc.max_steps = min(planned, tc.max_steps) if tc.max_steps else planned
-        self.length_planned, self.planned_at = True, self.step
+        seconds = self.train_seconds()
+        step0, seconds0 = self.plan["from"]
+        per_step = (seconds - seconds0) / max(1, self.step - step0)
+        steps = torch.tensor(float(steps_for_minutes(self.step, seconds, per_step, tc.minutes)
+                                   if self.rank == 0 else 0), device=self.device)
+        steps = int(self._sum_ranks(steps).item())       # rank 0's clock decides, for every rank
+        self.plan.setdefault("at", self.step)
+        self.plan["steps"] = steps
         if self.bar is not None:
-            self.bar.total = min(self.bar.total, tc.max_steps)
+            self.bar.total = self.planned_steps()
             self.bar.refresh()
-        if self.rank == 0:
-            save_config(self.run_dir, self.rc)
-        log.info("--minutes %g: %.3f s a step after %d steps in %.0f s; the run is %d steps", tc.minutes,
-                 per_step, self.step, elapsed, tc.max_steps)
+        self.log_metrics(kind="plan", step=self.step, steps=steps, seconds=round(seconds, 1),
+                         seconds_per_step=round(per_step, 4))
+        log.info("--minutes %g: %.3f s a step, %.0f s in at step %d: the run is %d steps",
+                 tc.minutes, per_step, seconds, self.step, steps)
 
     # ------------------------------------------------------------------ the loop
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
@@ -319,7 +327,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.lr_schedule == "cosine":     # per step, from the step alone (resumes exactly)
-            hold = 0 if not tc.minutes else self.planned_at if self.length_planned else self.step + 1
+            hold = 0 if not tc.minutes else self.plan["at"] if self.plan and "at" in self.plan else self.step + 1
             lr = cosine_lr(self.step, self.planned_steps(), tc.lr, tc.min_lr, tc.warmup_steps, hold)
             for g in self.opt.param_groups:
                 g["lr"] = lr
@@ -344,9 +352,7 @@ class Trainer:
                 self.runlog.reset()
             save_config(self.run_dir, self.rc)
         self.last_save = time.monotonic()
-        total = tc.epochs * self.batches_per_epoch
-        if tc.max_steps:
-            total = min(total, tc.max_steps)
+        total = self.planned_steps()
         log.info("run %s: preset %s, %d parameters, %d images, device %s, precision %s, channels_last %s%s",
                  self.run_dir, self.rc.preset, count_parameters(self.model), len(self.images),
                  self.device, self.precision, self.channels_last,
@@ -404,8 +410,10 @@ class Trainer:
             perm = self.perm.to(self.device)
             self.model.train()
             while self.batch_pos < self.batches_per_epoch:
+                if self.plan and self.step >= self.plan.get("steps", math.inf):
+                    return True                     # --minutes: the budget is spent, the run is done
                 if tc.max_steps and self.step >= tc.max_steps:
-                    return self.length_planned      # --minutes: the budget is spent, the run is done
+                    return False
                 if self.interrupted if self.world == 1 else self.stop_agreed:
                     return False
                 first = (self.batch_pos * self.world + self.rank) * self.batch     # this rank's shard
@@ -421,10 +429,10 @@ class Trainer:
                     loss = self.train_step(idx)
                 self.step += 1
                 self.batch_pos += 1
-                if tc.minutes and not self.length_planned:
-                    if self.step == PLAN_FROM_STEP or self.t_plan_from is None:   # (or the first step after a resume)
-                        self.t_plan_from, self.plan_from = time.monotonic(), self.step
-                    elif self.step >= max(PLAN_AT_STEP, tc.warmup_steps, self.plan_from + PLAN_AT_STEP - PLAN_FROM_STEP):
+                if tc.minutes and (self.plan is None or "at" not in self.plan):
+                    if self.plan is None or self.step == PLAN_FROM_STEP:
+                        self.plan = {"from": [self.step, self.train_seconds()]}
+                    elif self.step >= max(PLAN_AT_STEP, tc.warmup_steps):
                         self.plan_length()
                 self.epoch_loss_sum += loss
                 window += loss
@@ -466,6 +474,8 @@ class Trainer:
         if self.rank == 0:
             for work in END_OF_EPOCH:
                 scores.update(work(self) or {})
+        if self.plan and "at" in self.plan:     # --minutes: the pace now includes an epoch's end
+            self.plan_length()
         self.log_metrics(kind="epoch", step=self.step, epoch=self.epoch, loss=epoch_loss, lr=self.lr(),
                          img_per_s=round(self.epoch_imgs / seconds, 2), seconds=round(seconds, 1), **scores)
         log.info("epoch %d: loss %.4f, lr %.1e, %.1f img/s%s", self.epoch, epoch_loss, self.lr(),
