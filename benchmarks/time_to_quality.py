@@ -20,7 +20,9 @@ Contenders:
            EMA by half-life).
 Both are sampled with dpm++2m, 10 log-SNR-spaced steps, guidance 0.3 (20 evaluations).
 - NAME=ARGS (`--contender`, repeatable): `ddpmlab train ARGS`, for ablations, e.g.
-           --contender "fast-lr2e-3=--preset unet-small --recipe fast --epochs 10 --lr 2e-3".
+           --contender "fast-lr2e-3=--preset unet-small --recipe fast --epochs 10 --lr 2e-3", or a run
+           planned by the clock: --contender "cos40=--preset unet-lite --recipe fast --schedule cosine
+           --minutes 40" (one that ends before a budget sits on the time axis where it ended).
 - diffusers, diffusers-bf16: benchmarks/diffusers_recipe.py, diffusers' UNet2DModel trained as its
            unconditional training example does by default (fp32; and under bf16 autocast), sampled
            with DPMSolverMultistepScheduler at its defaults, 20 steps, no guidance (20 evaluations).
