@@ -286,6 +286,13 @@ class Trainer:
         """Wall time of this run so far, over all its processes (--minutes' clock)."""
         return self.seconds_before + time.monotonic() - self.t_start
 
+    def decay_from(self) -> int:
+        """The step where the cosine decay starts after the warmup: with --minutes, the first
+        plan's step (and, until there is one, not before the next step: the rate holds)."""
+        if not self.rc.train.minutes:
+            return 0
+        return self.plan["at"] if self.plan and "at" in self.plan else self.step + 1
+
     def plan_length(self) -> None:
         """--minutes: the run's length from its pace since PLAN_FROM_STEP (epoch-end work
         included), so that it, and a cosine schedule with it, ends when the budget is spent. First
@@ -327,8 +334,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.lr_schedule == "cosine":     # per step, from the step alone (resumes exactly)
-            hold = 0 if not tc.minutes else self.plan["at"] if self.plan and "at" in self.plan else self.step + 1
-            lr = cosine_lr(self.step, self.planned_steps(), tc.lr, tc.min_lr, tc.warmup_steps, hold)
+            lr = cosine_lr(self.step, self.planned_steps(), tc.lr, tc.min_lr, tc.warmup_steps, self.decay_from())
             for g in self.opt.param_groups:
                 g["lr"] = lr
         self.opt.step()
