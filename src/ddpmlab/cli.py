@@ -280,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--max-steps", type=int, help="stop after N optimiser steps")
     p.add_argument("--minutes", type=float,
-                   help="a wall-clock budget: after the warmup the run measures its speed and fixes its length "
-                        "(max_steps) so that it, and a cosine schedule, end when the budget is spent")
+                   help="a wall-clock budget: after the warmup the run measures its pace and plans its length "
+                        "(again at every epoch's end) so that it, and a cosine schedule, end when the budget is spent")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help=f"a named set of the training options below, applied before the flags given: "
                                     f"{', '.join(C.RECIPES)} (default: the write-up's recipe)")
     p.add_argument("--prediction", choices=C.PREDICTIONS, help="what the network outputs (default: eps)")
-    p.add_argument("--schedule", choices=("linear", "cosine"),
+    p.add_argument("--schedule", choices=C.NOISE_SCHEDULES,
                    help="noise schedule: linear (DDPM's) | cosine (Nichol & Dhariwal 2021) (default: the preset's, linear)")
     p.add_argument("--loss-weighting", choices=C.LOSS_WEIGHTINGS, help="min-snr: Hang et al. 2023, gamma 5 (default: uniform)")
     p.add_argument("--t-sampling", choices=C.T_SAMPLINGS, help="training timesteps; lognormal: EDM's (default: uniform)")

@@ -23,6 +23,7 @@ def _opt(default):
 
 
 PREDICTIONS = ("eps", "v", "x0")
+NOISE_SCHEDULES = ("linear", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min-snr")
 T_SAMPLINGS = ("uniform", "lognormal")
 LR_SCHEDULES = ("plateau", "cosine")
@@ -80,7 +81,7 @@ class DiffusionConfig:
     prediction: str = _opt("eps")
 
     def validate(self) -> "DiffusionConfig":
-        _check_choice("schedule", self.schedule, ("linear", "cosine"))
+        _check_choice("schedule", self.schedule, NOISE_SCHEDULES)
         _check_choice("prediction", self.prediction, PREDICTIONS)
         if self.timesteps < 2:
             raise ConfigError(f"timesteps must be >= 2, got {self.timesteps}")
@@ -155,7 +156,7 @@ class TrainConfig:
     warmup_steps: int = _opt(0)             # cosine: steps of linear warmup from lr / warmup_steps to lr
     ema_halflife_kimg: float | None = _opt(None)   # EMA half-life in thousands of images (EDM); None: ema_decay
     ema_rampup: float | None = _opt(None)   # with the half-life: at most this fraction of the images seen (EDM 0.05)
-    minutes: float | None = _opt(None)      # a wall-clock budget: the run measures its speed and fixes max_steps
+    minutes: float | None = _opt(None)      # a wall-clock budget: the run plans its length from its own pace
 
     def validate(self) -> "TrainConfig":
         _check_choice("device", self.device, ("auto", "cpu", "cuda", "mps"))

@@ -63,9 +63,9 @@ PLAN_MARGIN = 0.98        # the share of the time left given to steps: the final
 
 def steps_for_minutes(step: int, elapsed_s: float, seconds_per_step: float, minutes: float,
                       margin: float = PLAN_MARGIN) -> int:
-    """The run's length in optimiser steps when `step` steps took `elapsed_s` seconds since the
-    trainer started and each further one takes `seconds_per_step`: as many as fit in what is
-    left of `minutes`, less the margin; never fewer than the steps already made."""
+    """The run's length in optimiser steps when its first `step` steps took `elapsed_s` seconds
+    of its clock and each further one takes `seconds_per_step`: as many as fit in what is left
+    of `minutes`, less the margin; never fewer than the steps already made."""
     left = minutes * 60 - elapsed_s
     return step + max(0, int(left * margin / seconds_per_step))
 
@@ -280,7 +280,12 @@ class Trainer:
         tc = self.rc.train
         total = tc.epochs * self.batches_per_epoch
         total = min(total, tc.max_steps) if tc.max_steps else total
-        return min(total, self.plan["steps"]) if self.plan and "steps" in self.plan else total
+        return min(total, self.plan["steps"]) if self.planned() else total
+
+    def planned(self) -> bool:
+        """--minutes: whether the run's length has been planned (before that, self.plan holds
+        only where the pace is measured from)."""
+        return self.plan is not None and "steps" in self.plan
 
     def train_seconds(self) -> float:
         """Wall time of this run so far, over all its processes (--minutes' clock)."""
@@ -291,7 +296,7 @@ class Trainer:
         plan's step (and, until there is one, not before the next step: the rate holds)."""
         if not self.rc.train.minutes:
             return 0
-        return self.plan["at"] if self.plan and "at" in self.plan else self.step + 1
+        return self.plan["at"] if self.planned() else self.step + 1
 
     def plan_length(self) -> None:
         """--minutes: the run's length from its pace since PLAN_FROM_STEP (epoch-end work
@@ -416,7 +421,7 @@ class Trainer:
             perm = self.perm.to(self.device)
             self.model.train()
             while self.batch_pos < self.batches_per_epoch:
-                if self.plan and self.step >= self.plan.get("steps", math.inf):
+                if self.planned() and self.step >= self.plan["steps"]:
                     return True                     # --minutes: the budget is spent, the run is done
                 if tc.max_steps and self.step >= tc.max_steps:
                     return False
@@ -435,7 +440,7 @@ class Trainer:
                     loss = self.train_step(idx)
                 self.step += 1
                 self.batch_pos += 1
-                if tc.minutes and (self.plan is None or "at" not in self.plan):
+                if tc.minutes and not self.planned():
                     if self.plan is None or self.step == PLAN_FROM_STEP:
                         self.plan = {"from": [self.step, self.train_seconds()]}
                     elif self.step >= max(PLAN_AT_STEP, tc.warmup_steps):
@@ -480,7 +485,7 @@ class Trainer:
         if self.rank == 0:
             for work in END_OF_EPOCH:
                 scores.update(work(self) or {})
-        if self.plan and "at" in self.plan:     # --minutes: the pace now includes an epoch's end
+        if self.planned():                      # --minutes: the pace now includes an epoch's end
             self.plan_length()
         self.log_metrics(kind="epoch", step=self.step, epoch=self.epoch, loss=epoch_loss, lr=self.lr(),
                          img_per_s=round(self.epoch_imgs / seconds, 2), seconds=round(seconds, 1), **scores)
