@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/quality_vs_nfe.py RUN [--n 250] [--grid "ddpm:5,10,20,50,100,1000;..."]
         [--guidance 0,0.5,1,2] [--precision fp32|bf16] [--out docs/nfe]
-        [--curves "dpm++2m/logsnr/g0.3/i100-700:4,5,8,10,25,50;..."] [--beside OTHER_RUN]
+        [--curves "dpm++2m/logsnr/g0.3/i100-700/s80:4,5,8,10,25,50;..."] [--beside OTHER_RUN]
 
 Every point is `ddpmlab evaluate RUN --n N --sampler S --steps K` (the same cached evaluation
 files, RUN/eval/*.json, so an interrupted sweep resumes where it stopped). With guidance 0 a step
@@ -10,7 +10,7 @@ is one network evaluation (NFE) for all three samplers. --guidance adds a sweep 
 weight at the default sampler and steps (each guided step batches the conditional and the null
 label in one forward pass: twice the work, same number of passes).
 
---curves replaces --grid: each curve is SAMPLER/SPACING/gGUIDANCE[/iLO-HI]:STEPS,...; its NFE
+--curves replaces --grid: each curve is SAMPLER/SPACING/gGUIDANCE[/iLO-HI][/sSIGMA_MAX]:STEPS,...; its NFE
 axis counts a guided step twice (diffusion.count_nfe), so guided and unguided curves compare.
 --beside evaluates the same curves on a second model in the same run and draws them dashed in the
 same colours (e.g. the shipped fmnist beside fmnist-v1).
@@ -45,19 +45,23 @@ def parse_grid(text: str) -> list[tuple[str, int]]:
 
 
 def parse_curves(text: str) -> list[tuple[str, dict, list[int]]]:
-    """'dpm++2m/logsnr/g0.3/i100-700:5,10' -> [(label, settings, [5, 10])]."""
+    """'dpm++2m/logsnr/g0.3/i100-700/s80:5,10' -> [(label, settings, [5, 10])]."""
     out = []
     for part in filter(None, text.split(";")):
         spec, steps = part.split(":")
         bits = spec.strip().split("/")
         kw = {"sampler": bits[0], "spacing": bits[1] if len(bits) > 1 else None, "guidance": 0.0,
-              "guidance_interval": None}
+              "guidance_interval": None, "sigma_max": None}
         for b in bits[2:]:
             if b.startswith("g"):
                 kw["guidance"] = float(b[1:])
             elif b.startswith("i"):
                 lo, hi = b[1:].split("-")
                 kw["guidance_interval"] = (int(lo), int(hi))
+            elif b.startswith("s"):
+                kw["sigma_max"] = float(b[1:])
+            else:
+                raise SystemExit(f"--curves {spec!r}: {b!r} is none of gW, iLO-HI, sS")
         out.append((spec.strip(), kw, [int(k) for k in steps.split(",")]))
     return out
 
@@ -76,7 +80,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="the network's, while sampling")
     ap.add_argument("--out", default="docs/nfe")
-    ap.add_argument("--curves", help="SAMPLER/SPACING/gW[/iLO-HI]:STEPS,...;... (replaces --grid)")
+    ap.add_argument("--curves", help="SAMPLER/SPACING/gW[/iLO-HI][/sSIGMA_MAX]:STEPS,...;... (replaces --grid)")
     ap.add_argument("--beside", help="a second run or shipped model: the same --curves, drawn dashed")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -93,7 +97,8 @@ def main():
             for label, kw, steps_list in specs:
                 name = f"{model}: {label}" if args.beside else label
                 for steps in steps_list:
-                    nfe = count_nfe(sched.T, steps, kw["spacing"], sched, kw["guidance"], kw["guidance_interval"])
+                    nfe = count_nfe(sched.T, steps, kw["spacing"], sched, kw["guidance"], kw["guidance_interval"],
+                                    kw["sigma_max"])
                     r, _ = cached_evaluate_run(model, args.n, steps=steps, seed=args.seed, precision=args.precision, **kw)
                     curves.setdefault(name, []).append((nfe, r["fd"], r["cond_acc"]))
                     lines.append(row(r, f"{name} ({steps} steps)", nfe, kw["guidance"]))

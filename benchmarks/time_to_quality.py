@@ -1,7 +1,7 @@
 """Time to quality: the same CPU, the same wall-clock budgets, one harness.
 
     .venv/bin/python benchmarks/time_to_quality.py [--contenders writeup,fast] [--minutes 10,20,40,60]
-        [--contender NAME=ARGS ...] [--out runs/ttq] [--n 1000] [--evaluate-only]
+        [--contender NAME=ARGS ...] [--out runs/ttq] [--n 1000] [--evaluate-only] [--sigma-max S]
 
 Each contender trains in the background in its own run directory, as a user would run it
 (`ddpmlab train ...`). The harness stops the training process with SIGINT (which checkpoints) once
@@ -12,7 +12,9 @@ every 20 s, so an interrupted harness continues where it stopped (work since the
 is lost and counted). After training, every copy is evaluated with `ddpmlab evaluate --n N` at 20
 network evaluations per image (a guided step counts twice) and the harness writes OUT/ttq.md (the
 table, and the minutes each contender needs to reach fd <= 3x and <= 1.5x its floor, linearly
-interpolated between budgets) and OUT/ttq.png (fd against minutes).
+interpolated between budgets) and OUT/ttq.png (fd against minutes). --sigma-max S evaluates the
+ddpmlab contenders with their log-SNR steps spaced from sigma S down (`ddpmlab evaluate --sigma-max`),
+instead of from the schedule's top, and writes OUT/ttq-smaxS.md and .png beside the others.
 
 Contenders:
 - writeup: `unet-small` with the write-up's recipe (eps, uniform t, Adam with plateau halving, EMA 0.999);
@@ -135,8 +137,10 @@ def snapshot(d: Path, minutes: int) -> Path:
     return dst
 
 
-def evaluate(snap: Path, n: int) -> dict:
+def evaluate(snap: Path, n: int, sigma_max: float | None = None) -> dict:
     out = snap / f"eval-n{n}.json"
+    if sigma_max is not None and not (snap / "checkpoint.pt").is_file():     # diffusers' runs sample as they are
+        out = snap / f"eval-n{n}-smax{sigma_max:g}.json"
     if not out.is_file() and (snap / "checkpoint.pt").is_file():
         npz = snap / f"samples-n{n}.npz"
         subprocess.run([*DIFFUSERS, "sample", "--run", str(snap), "--n", str(n), "--npz", str(npz)], check=True,
@@ -144,7 +148,8 @@ def evaluate(snap: Path, n: int) -> dict:
         subprocess.run([*DDPMLAB, "evaluate", str(npz), "--quiet", "--out", str(out)], check=True,
                        stdout=subprocess.DEVNULL)
     elif not out.is_file():
-        subprocess.run([*DDPMLAB, "evaluate", str(snap), "--n", str(n), *EVAL, "--quiet", "--out", str(out)],
+        smax = [] if sigma_max is None else ["--sigma-max", f"{sigma_max:g}"]
+        subprocess.run([*DDPMLAB, "evaluate", str(snap), "--n", str(n), *EVAL, *smax, "--quiet", "--out", str(out)],
                        check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
@@ -190,6 +195,8 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/ttq")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--evaluate-only", action="store_true")
+    ap.add_argument("--sigma-max", type=float, metavar="S",
+                    help="evaluate with log-SNR steps from sigma S down (default: from the schedule's top)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     budgets = [int(m) for m in args.minutes.split(",")]
@@ -215,7 +222,7 @@ def main(argv=None):
             snap = out / name / f"at-{m}min"
             if not (snap / "at.json").is_file():
                 continue
-            r = evaluate(snap, args.n)
+            r = evaluate(snap, args.n, args.sigma_max)
             at = json.loads((snap / "at.json").read_text())
             x = at_minutes(m, at["clock_seconds"])
             curves.setdefault(name, []).append((x, r["fd"], r["fd_floor"]))
@@ -234,7 +241,10 @@ def main(argv=None):
         r3, r15 = (time_ratio(reach[name][k], reach[ref][k], pts[-1][0], curves[ref][-1][0]) for k in (0, 1))
         lines.append(f"| {name} | {'not reached' if t3 is None else f'{t3:.1f}'} | "
                      f"{'not reached' if t15 is None else f'{t15:.1f}'} | {r3} | {r15} |")
-    (out / "ttq.md").write_text("\n".join(lines) + "\n")
+    stem = "ttq" if args.sigma_max is None else f"ttq-smax{args.sigma_max:g}"
+    how = " ".join(EVAL + ([] if args.sigma_max is None else ["--sigma-max", f"{args.sigma_max:g}"]))
+    lines = [f"ddpmlab contenders evaluated with `ddpmlab evaluate SNAPSHOT --n {args.n} {how}`.", "", *lines]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if curves:
         import matplotlib
@@ -253,8 +263,8 @@ def main(argv=None):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "ttq.png", dpi=110)
-        print(f"wrote {out / 'ttq.md'} and {out / 'ttq.png'}")
+        fig.savefig(out / f"{stem}.png", dpi=110)
+        print(f"wrote {out / f'{stem}.md'} and {out / f'{stem}.png'}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Ship a trained run as a pretrained model inside the package.
 
     .venv/bin/python scripts/ship_pretrained.py RUN NAME [--hardware "2-core AMD EPYC CPU"] [--note TEXT]
-        [--sampler S --steps K --guidance W --spacing SP --guidance-interval LO,HI]
+        [--sampler S --steps K --guidance W --spacing SP --sigma-max S --guidance-interval LO,HI]
 
 Copies config.json, the EMA weights (as ema.safetensors), metrics.jsonl, loss.png, the final
 sample grid and process figure into src/ddpmlab/pretrained/NAME/ and writes MODEL_CARD.md with
 how it was trained (preset, epochs, images seen, hardware, wall time) and, when present, the
-evaluation in RUN/eval/. --sampler/--steps/--guidance/--spacing/--guidance-interval become the
+evaluation in RUN/eval/. --sampler/--steps/--guidance/--spacing/--sigma-max/--guidance-interval become the
 shipped model's own sampling defaults (config.json "sampling"), used by `sample`, `process`, `evaluate` and `report` unless
 flags say otherwise.
 """
@@ -67,6 +67,7 @@ def main():
     ap.add_argument("--steps", type=int)
     ap.add_argument("--guidance", type=float)
     ap.add_argument("--spacing")
+    ap.add_argument("--sigma-max", type=float)
     ap.add_argument("--guidance-interval")
     args = ap.parse_args()
     interval = [int(v) for v in args.guidance_interval.split(",")] if args.guidance_interval else None
@@ -84,10 +85,11 @@ def main():
         shutil.copyfile(run / "samples" / "grid.png", dst / "samples" / "grid.png")
     rc = load_config(run)
     rc.sampling = C.from_dict(C.SamplingConfig, {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
-                                                 "spacing": args.spacing, "guidance_interval": interval})
+                                                 "spacing": args.spacing, "guidance_interval": interval,
+                                                 "sigma_max": args.sigma_max})
     save_config(dst, rc)
     s = run_summary(run)
-    sampler, steps, guidance, spacing, _ = sampling_settings(rc)
+    sampler, steps, guidance, spacing, _, sigma_max = sampling_settings(rc)
     lines = [f"# Model card: `{args.name}`", "",
              f"Class-conditional FashionMNIST diffusion model shipped with ddpmlab (`ddpmlab sample {args.name}`).", "",
              "| | |", "|---|---|",
@@ -102,7 +104,8 @@ def main():
              f"| recipe | {recipe(rc)} |",
              "| weights | `ema.safetensors` (the EMA weights) |",
              f"| last logged loss | {s['final_loss']:.4f} |" if s["final_loss"] else "",
-             f"| sampling defaults | {sampler}, {steps} {spacing} steps, guidance {guidance:g}"
+             f"| sampling defaults | {sampler}, {steps} {spacing} steps"
+             f"{f' from sigma {sigma_max:g}' if sigma_max else ''}, guidance {guidance:g}"
              f"{f' for t in {interval[0]}..{interval[1]}' if interval else ''} (config.json \"sampling\"; flags override) |",
              ""]
     if args.note:
@@ -120,8 +123,9 @@ def main():
             if r.get("collapsed_classes"):
                 flags += " collapsed " + ",".join(str(c["class"]) for c in r["collapsed_classes"])
             gi = r.get("guidance_interval")
-            nfe = count_nfe(1000, r["steps"], r.get("spacing"), sched, r["guidance"], gi)
-            lines.append(f"| {r['sampler']} | {r['steps']} | {r.get('spacing') or 'trailing'} | {r['guidance']:g}"
+            nfe = count_nfe(1000, r["steps"], r.get("spacing"), sched, r["guidance"], gi, r.get("sigma_max"))
+            smax = f" from sigma {r['sigma_max']:g}" if r.get("sigma_max") else ""
+            lines.append(f"| {r['sampler']} | {r['steps']} | {r.get('spacing') or 'trailing'}{smax} | {r['guidance']:g}"
                          f"{f' (t {gi[0]}..{gi[1]})' if gi else ''} | {nfe} | {r.get('sampling_precision', 'fp32')} | "
                          f"{r['n']} | {r['fd']:.2f} | "
                          f"{r['fd_floor']:.2f} | {r['cond_acc']:.3f} | {r['classifier_test_acc']:.3f} | "

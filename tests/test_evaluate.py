@@ -184,6 +184,22 @@ def test_a_run_carries_its_own_sampling_settings(tmp_path):
     assert load_config(run_dir).sampling.sampler is None
 
 
+def test_a_run_carries_its_own_sigma_max_to_the_sampler_and_the_cache(tmp_path):
+    from ddpmlab.evaluate import cached_evaluate_run
+    from ddpmlab.sample import load_run, sample
+    run_dir = _untrained_run(tmp_path, {"sampler": "dpm++2m", "steps": 4, "spacing": "logsnr", "sigma_max": 5.0})
+    run = load_run(run_dir, device="cpu")
+    own, _ = sample(run, 4, labels="all")
+    explicit, _ = sample(run, 4, labels="all", sigma_max=5.0)
+    uncapped, _ = sample(run, 4, labels="all", sigma_max=1e4)      # above the linear schedule's top: no cap
+    torch.testing.assert_close(own, explicit)
+    assert (own - uncapped).abs().max() > 1e-3
+    r, path = cached_evaluate_run(run_dir, 10, device="cpu", precision="fp32")
+    assert r["sigma_max"] == 5.0 and "-logsnr-smax5-" in path.name
+    r, path = cached_evaluate_run(run_dir, 10, device="cpu", precision="fp32", spacing="trailing")
+    assert r["sigma_max"] is None and "smax" not in path.name
+
+
 def test_bad_sampling_settings_are_refused(tmp_path):
     from ddpmlab.run import RunError, load_config
     run_dir = _untrained_run(tmp_path)

@@ -64,6 +64,39 @@ def test_karras_spacing_is_the_rho_7_sigma_ramp():
     assert np.abs(np.array(ts) - frac).max() <= 0.5
 
 
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+def test_sigma_max_caps_the_top_of_the_spacing(spacing):
+    ls = COSINE.log_sigmas().numpy()
+    full, capped = make_timesteps(1000, 10, spacing, COSINE), make_timesteps(1000, 10, spacing, COSINE, sigma_max=80.0)
+    assert capped[0] == full[0] == 999 and capped[-1] == 0 and all(a > b for a, b in zip(capped, capped[1:]))
+    # uncapped, the cosine schedule's top (log sigma 9.9) pulls the second step above sigma 100; capped, every
+    # step after the first lies below 80
+    assert ls[full[1]] > np.log(100) and ls[capped[1:]].max() < np.log(80)
+    if spacing == "logsnr":     # evenly spaced in log sigma from log 80 down, the first point moved to T-1
+        want = np.linspace(np.log(80), ls[0], 10)[1:]
+        assert np.abs(ls[capped[1:]] - want).max() < 0.05
+    # a cap at or above the schedule's top changes nothing: the linear schedule's sigma at T-1 is 157
+    assert make_timesteps(1000, 10, spacing, LINEAR, sigma_max=1000.0) == make_timesteps(1000, 10, spacing, LINEAR)
+    assert make_timesteps(1000, 10, spacing, LINEAR, sigma_max=80.0) != make_timesteps(1000, 10, spacing, LINEAR)
+
+
+def test_sigma_max_errors():
+    with pytest.raises(ConfigError, match="trailing is evenly spaced in t"):
+        make_timesteps(1000, 10, "trailing", LINEAR, sigma_max=80.0)
+    with pytest.raises(ConfigError, match="must be > 0"):
+        make_timesteps(1000, 10, "logsnr", LINEAR, sigma_max=0.0)
+    with pytest.raises(ConfigError, match="not above the schedule's smallest sigma"):
+        make_timesteps(1000, 10, "logsnr", LINEAR, sigma_max=0.001)
+
+
+def test_sigma_max_moves_steps_into_a_guidance_interval():
+    from ddpmlab.diffusion import count_nfe
+    # the cosine schedule's uncapped steps 2-4 lie above t 946; capped at 80 they move down into 203..946
+    assert count_nfe(1000, 10, "logsnr", COSINE, 0.3, (203, 946)) < count_nfe(1000, 10, "logsnr", COSINE, 0.3, (203, 946),
+                                                                              sigma_max=80.0)
+    assert count_nfe(1000, 10, "logsnr", COSINE, 0.3, None, sigma_max=80.0) == 20
+
+
 def test_spacing_errors_name_the_valid_ones():
     with pytest.raises(ConfigError, match="valid: trailing, logsnr, karras"):
         make_timesteps(1000, 10, "linspace", LINEAR)
@@ -165,10 +198,12 @@ def test_defaults_module_is_torch_free_and_lists_the_samplers():
 
 def test_sampling_config_new_fields_are_optional_and_checked():
     assert to_dict(SamplingConfig()) == {"sampler": None, "steps": None, "guidance": None}   # config.json as before
-    s = from_dict(SamplingConfig, {"spacing": "karras", "guidance_interval": [100, 700]})
+    s = from_dict(SamplingConfig, {"spacing": "karras", "guidance_interval": [100, 700], "sigma_max": 80})
     assert to_dict(s) == {"sampler": None, "steps": None, "guidance": None, "spacing": "karras",
-                          "guidance_interval": [100, 700]}
+                          "guidance_interval": [100, 700], "sigma_max": 80}
     for bad, needle in (({"spacing": "even"}, "valid: trailing, logsnr, karras"),
+                        ({"sigma_max": 0}, "sigma_max must be a number > 0"),
+                        ({"sigma_max": "80"}, "sigma_max must be a number > 0"),
                         ({"guidance_interval": [700, 100]}, "t_lo <= t_hi"),
                         ({"guidance_interval": [1.5, 3]}, "integer"), ({"guidance_interval": 5}, "expected")):
         with pytest.raises(ConfigError, match=needle):
@@ -179,19 +214,23 @@ def test_sampling_settings_carry_spacing_and_interval():
     from ddpmlab.sample import sampling_settings
     from ddpmlab.train import make_run_config
     rc = make_run_config("resnet-class")
-    assert sampling_settings(rc) == ("dpm++2m", 20, 0.0, "trailing", None)
-    rc.sampling = SamplingConfig(spacing="logsnr", guidance=0.3, guidance_interval=[10, 20])
-    assert sampling_settings(rc)[2:] == (0.3, "logsnr", [10, 20])
-    assert sampling_settings(rc, spacing="karras", guidance_interval=(0, 999))[3:] == ("karras", [0, 999])
+    assert sampling_settings(rc) == ("dpm++2m", 20, 0.0, "trailing", None, None)
+    rc.sampling = SamplingConfig(spacing="logsnr", guidance=0.3, guidance_interval=[10, 20], sigma_max=80.0)
+    assert sampling_settings(rc)[2:] == (0.3, "logsnr", [10, 20], 80.0)
+    assert sampling_settings(rc, spacing="karras", guidance_interval=(0, 999), sigma_max=20)[3:] == ("karras", [0, 999], 20.0)
     # unguided, an interval means nothing: the same settings (and the same cached evaluation)
-    assert sampling_settings(rc, guidance=0.0)[2:] == (0.0, "logsnr", None)
+    assert sampling_settings(rc, guidance=0.0)[2:] == (0.0, "logsnr", None, 80.0)
+    # evenly spaced t has no range to cap: the run's own cap is dropped, one asked for is an error
+    assert sampling_settings(rc, spacing="trailing")[3:] == ("trailing", [10, 20], None)
+    with pytest.raises(ConfigError, match="--sigma-max 80 caps the logsnr and karras spacings"):
+        sampling_settings(rc, spacing="trailing", sigma_max=80)
 
 
 def test_cli_spacing_and_interval_flags():
     ap = cli.build_parser()
     for cmd in (["sample", "r"], ["process", "r"], ["evaluate", "r"], ["report", "r"]):
-        a = ap.parse_args(cmd + ["--spacing", "logsnr", "--guidance-interval", "100,800"])
-        assert a.spacing == "logsnr" and cli.parse_interval(a.guidance_interval) == [100, 800]
+        a = ap.parse_args(cmd + ["--spacing", "logsnr", "--guidance-interval", "100,800", "--sigma-max", "80"])
+        assert a.spacing == "logsnr" and cli.parse_interval(a.guidance_interval) == [100, 800] and a.sigma_max == 80.0
     for bad in ("100", "a,b", "800,100", "-1,5", "1,2,3"):
         with pytest.raises(ConfigError, match="--guidance-interval"):
             cli.parse_interval(bad)

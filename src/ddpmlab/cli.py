@@ -136,7 +136,7 @@ def cmd_sample(args) -> None:
         raise C.ConfigError(f"--labels {args.labels!r}: valid: all")
     labels = "all" if args.labels == "all" else args.label
     x, y = sample(run, args.n, labels=labels, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                  seed=args.seed, spacing=args.spacing, guidance_interval=interval)
+                  seed=args.seed, spacing=args.spacing, guidance_interval=interval, sigma_max=args.sigma_max)
     from .run import default_output
     grid = args.grid or (None if args.npz else default_output(run.path, "samples/sample.png"))
     if grid:
@@ -155,7 +155,7 @@ def cmd_process(args) -> None:
     from .run import default_output
     out = args.out or default_output(run.path, "process.png")
     process(run, out, label=args.label, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-            spacing=args.spacing, guidance_interval=interval)
+            spacing=args.spacing, guidance_interval=interval, sigma_max=args.sigma_max)
     print(f"process figure: {out}")
 
 
@@ -193,7 +193,7 @@ def cmd_evaluate(args) -> None:
                                         sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                         seed=args.seed, device=args.device, precision=args.precision,
                                         spacing=args.spacing, guidance_interval=parse_interval(args.guidance_interval),
-                                        **kw)
+                                        sigma_max=args.sigma_max, **kw)
         out = args.out or cached
     print(format_table(r))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -205,7 +205,7 @@ def cmd_report(args) -> None:
     from .report import write_report
     path = write_report(args.runs, args.out, n=args.n, sampler=args.sampler, steps=args.steps,
                         guidance=args.guidance, evaluate=not args.no_eval, spacing=args.spacing,
-                        guidance_interval=parse_interval(args.guidance_interval))
+                        guidance_interval=parse_interval(args.guidance_interval), sigma_max=args.sigma_max)
     print(f"report: {path} and {path.parent / 'report.html'}")
 
 
@@ -229,6 +229,7 @@ def format_table(r: dict) -> str:
     lines = [f"{r['source']}: n={r['n']}, sampler={r['sampler'] or '-'}, steps={r['steps'] or '-'}, "
              f"guidance={_fmt(r['guidance'], '{:g}')}"
              f"{', spacing=' + r['spacing'] if r.get('spacing') else ''}"
+             f"{', sigma_max {:g}'.format(r['sigma_max']) if r.get('sigma_max') else ''}"
              f"{', guided for t in {}..{}'.format(*r['guidance_interval']) if r.get('guidance_interval') else ''}"
              f"{', network in ' + r['sampling_precision'] if r.get('sampling_precision') else ''}, input {r['input_range']}",
              f"classifier: {r['classifier']['feature_dim']}-d features, accuracy on real test images "
@@ -324,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--spacing", choices=SPACINGS, help=f"timestep spacing (default: {default_text} {DEFAULT_SPACING})")
         p.add_argument("--guidance-interval", metavar="LO,HI",
                        help=f"guide only at timesteps LO..HI (default: {default_text} every step)")
+        p.add_argument("--sigma-max", type=float, metavar="S",
+                       help="logsnr and karras spacings: start their range at noise level sigma S (EDM: 80) where the "
+                            f"schedule's top is higher (default: {default_text} the schedule's top)")
 
     def sampling_flags(p):
         p.add_argument("run", help="run directory or shipped model name")

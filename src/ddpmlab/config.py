@@ -98,6 +98,7 @@ class SamplingConfig:
     guidance: float | None = None
     spacing: str | None = _opt(None)            # timestep spacing: trailing (default) | logsnr | karras
     guidance_interval: list | None = _opt(None)  # [t_lo, t_hi]: guide only there; None: at every step
+    sigma_max: float | None = _opt(None)        # logsnr/karras: the top of their range; None: the schedule's own
 
     def validate(self) -> "SamplingConfig":
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
@@ -108,6 +109,9 @@ class SamplingConfig:
             raise ConfigError(f"sampling.spacing {self.spacing!r} is not a spacing; valid: {', '.join(SPACINGS)}")
         if self.guidance_interval is not None:
             self.guidance_interval = check_guidance_interval(self.guidance_interval, "sampling.guidance_interval")
+        if self.sigma_max is not None and (isinstance(self.sigma_max, bool) or not isinstance(self.sigma_max, (int, float))
+                                           or not self.sigma_max > 0):
+            raise ConfigError(f"sampling.sigma_max must be a number > 0 (or null: the schedule's own), got {self.sigma_max!r}")
         return self
 
 

@@ -140,7 +140,8 @@ def loss_fn(model, schedule: Schedule, x0: torch.Tensor, label, generator: torch
 
 # --------------------------------------------------------------------------- timesteps
 
-def make_timesteps(T: int, steps: int, spacing: str | None = DEFAULT_SPACING, schedule: Schedule | None = None) -> list[int]:
+def make_timesteps(T: int, steps: int, spacing: str | None = DEFAULT_SPACING, schedule: Schedule | None = None,
+                   sigma_max: float | None = None) -> list[int]:
     """`steps` strictly decreasing integer timesteps starting at T-1, so sampling always starts
     from pure noise.
 
@@ -151,21 +152,34 @@ def make_timesteps(T: int, steps: int, spacing: str | None = DEFAULT_SPACING, sc
     diffusers' use_karras_sigmas), sigma_t = sqrt((1 - abar_t) / abar_t), between the schedule's
     sigma at T-1 and at 0. Those two need the schedule and end at t = 0: a target is turned into
     a fractional t by linear interpolation in log sigma and rounded (as diffusers does), then
-    where two land on one timestep the later ones move down to the nearest free ones."""
+    where two land on one timestep the later ones move down to the nearest free ones.
+
+    sigma_max (logsnr and karras): the top of their range, where it is below the schedule's own
+    (EDM's sigma_max, Karras et al. 2022); the first timestep stays T-1, so the first step goes
+    from pure noise to the second point of the capped range. The cosine schedule's last
+    timesteps climb to sigma ~2e4 (log sigma 9.9; its beta is clipped at 0.999), where an image in
+    [-1, 1] is long gone, and spacing 10 steps over the whole range puts the 2nd to 4th above sigma 100."""
     spacing = spacing or DEFAULT_SPACING
     if spacing not in SPACINGS:
         raise ConfigError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
     if not 1 <= steps <= T:
         raise ConfigError(f"steps must be between 1 and {T}, got {steps}")
+    if sigma_max is not None and not sigma_max > 0:
+        raise ConfigError(f"sigma_max must be > 0, got {sigma_max}")
     if spacing == "trailing":
+        if sigma_max is not None:
+            raise ConfigError("sigma_max caps the logsnr and karras spacings; trailing is evenly spaced in t")
         return [int(round(T - i * T / steps)) - 1 for i in range(steps)]
     if schedule is None or schedule.T != T:
         raise ConfigError(f"spacing {spacing!r} needs the diffusion schedule (of T = {T} steps)")
     ls = schedule.log_sigmas().numpy()
+    top = ls[T - 1] if sigma_max is None else min(ls[T - 1], math.log(sigma_max))
+    if top <= ls[0]:
+        raise ConfigError(f"sigma_max {sigma_max:g} is not above the schedule's smallest sigma ({math.exp(ls[0]):.3g})")
     if spacing == "logsnr":
-        want = np.linspace(ls[T - 1], ls[0], steps)
+        want = np.linspace(top, ls[0], steps)
     else:
-        rho, hi, lo = 7.0, math.exp(ls[T - 1]), math.exp(ls[0])
+        rho, hi, lo = 7.0, math.exp(top), math.exp(ls[0])
         ramp = np.linspace(0, 1, steps)
         want = np.log((hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho)
     near = np.round(np.interp(want, ls, np.arange(T, dtype=np.float64)))
@@ -363,12 +377,12 @@ class PerImageNoise:
 
 
 def count_nfe(T: int, steps: int, spacing: str | None = DEFAULT_SPACING, schedule: Schedule | None = None,
-              guidance: float = 0.0, interval=None) -> int:
+              guidance: float = 0.0, interval=None, sigma_max: float | None = None) -> int:
     """Network evaluations per image of a sampling run: one per step, two for a guided step
     (the conditional and the null label; guided_eps batches them in one pass of twice the size)."""
     if not guidance:
         return steps
-    ts = make_timesteps(T, steps, spacing, schedule)
+    ts = make_timesteps(T, steps, spacing, schedule, sigma_max)
     if interval is None:
         return 2 * steps
     lo, hi = int(interval[0]), int(interval[1])
@@ -413,10 +427,10 @@ def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: s
              steps: int = DEFAULT_STEPS, eta: float | None = None, guidance: float = 0.0, null_label: int = 0,
              clip: bool = True, callback=None, device="cpu", batch_size: int | None = None,
              precision: str = "fp32", spacing: str | None = DEFAULT_SPACING, guidance_interval=None,
-             lower_order_final: bool | None = None) -> torch.Tensor:
+             lower_order_final: bool | None = None, sigma_max: float | None = None) -> torch.Tensor:
     """Draw len(seeds) images of `shape` (C, H, W) in [-1, 1]; returns a float32 CPU tensor.
 
-    spacing: of the timesteps (`make_timesteps`); guidance_interval (t_lo, t_hi): where guidance
+    spacing, sigma_max: of the timesteps (`make_timesteps`); guidance_interval (t_lo, t_hi): where guidance
     applies (`guided_eps`); lower_order_final: of the DPM-Solver++ samplers (None: below 15 steps).
 
     precision "bf16": the network runs under bf16 autocast and its output is cast back, so the
@@ -429,7 +443,7 @@ def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: s
     fn = get_sampler(sampler)
     if batch_size is None:
         batch_size = 64 if torch.device(device).type == "cpu" else 256
-    ts = make_timesteps(schedule.T, steps, spacing, schedule)
+    ts = make_timesteps(schedule.T, steps, spacing, schedule, sigma_max)
     kw = {} if eta is None else {"eta": eta}
     if sampler.startswith("dpm++"):
         kw["lower_order_final"] = lower_order_final

@@ -258,20 +258,22 @@ def run_eval_dir(run_dir) -> Path:
 def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int | None = None,
                         guidance: float | None = None, seed: int = 0, device: str = "auto",
                         precision: str = SAMPLE_PRECISION, spacing: str | None = None, guidance_interval=None,
-                        **kw) -> tuple[dict, Path]:
-    """evaluate_run, kept as RUN/eval/SAMPLER-STEPSsteps-gW[-SPACING][-giLO-HI]-nN-seedS[-bf16].json
-    (spacing only when not trailing, the interval only when set) and reused until the weights
-    change; `report` and `evaluate` share it. Returns the result and its file. sampler, steps,
-    guidance, spacing, guidance_interval: None for the run's own settings (sample.sampling_settings)."""
+                        sigma_max: float | None = None, **kw) -> tuple[dict, Path]:
+    """evaluate_run, kept as RUN/eval/SAMPLER-STEPSsteps-gW[-SPACING][-smaxS][-giLO-HI]-nN-seedS[-bf16].json
+    (spacing only when not trailing, sigma_max and the interval only when set) and reused until
+    the weights change; `report` and `evaluate` share it. Returns the result and its file. sampler,
+    steps, guidance, spacing, guidance_interval, sigma_max: None for the run's own settings
+    (sample.sampling_settings)."""
     from .defaults import DEFAULT_SPACING
     from .run import load_config, resolve_run
     from .sample import sampling_settings
     run_dir = resolve_run(run)
-    sampler, steps, guidance, spacing, interval = sampling_settings(load_config(run_dir), sampler, steps, guidance,
-                                                                    spacing, guidance_interval)
+    sampler, steps, guidance, spacing, interval, sigma_max = sampling_settings(
+        load_config(run_dir), sampler, steps, guidance, spacing, guidance_interval, sigma_max)
     precision = resolve_precision(precision, resolve_device(device))
     tag = "" if precision == "fp32" else f"-{precision}"
-    how = ("" if spacing == DEFAULT_SPACING else f"-{spacing}") + ("" if interval is None else "-gi{}-{}".format(*interval))
+    how = ("" if spacing == DEFAULT_SPACING else f"-{spacing}") + ("" if sigma_max is None else f"-smax{sigma_max:g}") + \
+        ("" if interval is None else "-gi{}-{}".format(*interval))
     path = run_eval_dir(run_dir) / f"{sampler}-{steps}steps-g{guidance:g}{how}-n{n}-seed{seed}{tag}.json"
     # reused only for the same weights, classifier and metric code: a retrained run, another
     # classifier or a new ddpmlab version evaluates afresh
@@ -289,7 +291,7 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps
         if old.get("cache_key") == key:
             return old, path
     r = evaluate_run(run_dir, n, sampler=sampler, steps=steps, guidance=guidance, seed=seed, device=device,
-                     precision=precision, spacing=spacing, guidance_interval=interval, **kw)
+                     precision=precision, spacing=spacing, guidance_interval=interval, sigma_max=sigma_max, **kw)
     r["cache_key"] = key
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(r, indent=2) + "\n"
@@ -299,14 +301,14 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps
 
 def evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, device: str = "auto", precision: str = SAMPLE_PRECISION,
-                 spacing: str | None = None, guidance_interval=None, **kw) -> dict:
+                 spacing: str | None = None, guidance_interval=None, sigma_max: float | None = None, **kw) -> dict:
     """Draw n samples from a run (labels cycling 0..9 when conditional) and evaluate them;
     precision: the network's while sampling (a LoadedRun brings its own)."""
     from .diffusion import count_nfe
     from .sample import load_run, sample, sampling_settings
     loaded = run if hasattr(run, "model") else load_run(run, device=device, precision=precision)
-    sampler, steps, guidance, spacing, interval = sampling_settings(loaded.config, sampler, steps, guidance,
-                                                                    spacing, guidance_interval)
+    sampler, steps, guidance, spacing, interval, sigma_max = sampling_settings(
+        loaded.config, sampler, steps, guidance, spacing, guidance_interval, sigma_max)
     cfg = loaded.config.model
     if (cfg.image_size, cfg.in_channels) != (28, 1) or cfg.num_classes not in (0, NUM_CLASSES):
         raise ConfigError(f"{loaded.path}: makes {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} images with "
@@ -315,13 +317,14 @@ def evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int |
         raise ConfigError(f"--n must be >= 2, got {n}")
     t0 = time.time()
     x, y = sample(loaded, n, labels="all", sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                  spacing=spacing, guidance_interval=interval)
+                  spacing=spacing, guidance_interval=interval, sigma_max=sigma_max)
     sample_s = time.time() - t0
     r = evaluate_images(to_uint8(x.cpu()), y, source=str(loaded.path), sampler=sampler, steps=steps,
                         guidance=guidance, seed=seed, input_range="sampled in [-1, 1], quantised to uint8",
                         device=loaded.device, **kw)
-    r["spacing"], r["guidance_interval"] = spacing, interval
-    r["nfe"] = count_nfe(loaded.config.diffusion.timesteps, steps, spacing, loaded.schedule, guidance, interval)
+    r["spacing"], r["guidance_interval"], r["sigma_max"] = spacing, interval, sigma_max
+    r["nfe"] = count_nfe(loaded.config.diffusion.timesteps, steps, spacing, loaded.schedule, guidance, interval,
+                         sigma_max)
     r["sampling_seconds"] = round(sample_s, 1)
     r["sampling_precision"] = loaded.precision
     return r

@@ -222,7 +222,7 @@ def same_seed_rows(runs: dict, path: Path, sampling: dict, n: int = 10) -> None:
 
 def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, steps: int | None = None,
           guidance: float | None = None, evaluate: bool = True, title: str = "ddpmlab: the write-up, regenerated", intro: str = "",
-          spacing: str | None = None, guidance_interval=None) -> list[Block]:
+          spacing: str | None = None, guidance_interval=None, sigma_max: float | None = None) -> list[Block]:
     run_dirs = [resolve_run(r) for r in runs]
     if not run_dirs:
         raise ConfigError("report needs at least one run directory")
@@ -236,7 +236,7 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
         for p, d in by_preset.items():
             if summaries[p]["fashion"]:
                 results[p] = cached_evaluate_run(d, n, sampler=sampler, steps=steps, guidance=guidance, spacing=spacing,
-                                                 guidance_interval=guidance_interval)[0]
+                                                 guidance_interval=guidance_interval, sigma_max=sigma_max)[0]
 
     blocks = [Block("heading", title, level=1)]
     if intro:
@@ -246,10 +246,11 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
         blocks.append(Block("text", "Not evaluated (`--no-eval`): figures and training records only."))
     else:
         settings = {(r["sampler"], r["steps"], r["guidance"], r.get("spacing") or "trailing",
-                     tuple(r.get("guidance_interval") or ())) for r in results.values()}
+                     tuple(r.get("guidance_interval") or ()), r.get("sigma_max")) for r in results.values()}
         if len(settings) == 1:
-            s, k, w, sp, gi = settings.pop()
-            more = ("" if sp == "trailing" else f" --spacing {sp}") + (" --guidance-interval {},{}".format(*gi) if gi else "")
+            s, k, w, sp, gi, smax = settings.pop()
+            more = ("" if sp == "trailing" else f" --spacing {sp}") + ("" if smax is None else f" --sigma-max {smax:g}") + \
+                (" --guidance-interval {},{}".format(*gi) if gi else "")
             how = (f"Every row is evaluated the same way: `ddpmlab evaluate RUN --n {n} --sampler {s} --steps {k} "
                    f"--guidance {w:g}{more}`.")
         elif settings:
@@ -318,7 +319,8 @@ def own_sampling_blocks(by_preset: dict, results: dict, n: int) -> list[Block]:
         s = rc.sampling
         if s.sampler is None and s.steps is None and s.guidance is None and s.spacing is None:
             continue
-        shown = tuple(results[p].get(k) for k in ("sampler", "steps", "guidance", "spacing", "guidance_interval"))
+        shown = tuple(results[p].get(k) for k in ("sampler", "steps", "guidance", "spacing", "guidance_interval",
+                                                  "sigma_max"))
         if sampling_settings(rc) == shown:
             continue
         r = cached_evaluate_run(d, n)[0]

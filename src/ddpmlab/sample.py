@@ -54,31 +54,42 @@ def _labels(run: LoadedRun, n: int, labels) -> torch.Tensor | None:
 
 def sampling_settings(rc: RunConfig, sampler: str | None = None, steps: int | None = None,
                       guidance: float | None = None, spacing: str | None = None,
-                      guidance_interval=None) -> tuple[str, int, float, str, list | None]:
-    """(sampler, steps, guidance, spacing, guidance_interval): the values given, else the run's
-    own (config.json "sampling"), else ddpmlab's defaults (guidance_interval None: every step;
-    give [0, T-1] to guide everywhere a run that keeps an interval)."""
+                      guidance_interval=None, sigma_max: float | None = None
+                      ) -> tuple[str, int, float, str, list | None, float | None]:
+    """(sampler, steps, guidance, spacing, guidance_interval, sigma_max): the values given, else
+    the run's own (config.json "sampling"), else ddpmlab's defaults (guidance_interval None: every
+    step, give [0, T-1] to guide everywhere a run that keeps an interval; sigma_max None: the
+    schedule's top)."""
     s = rc.sampling
     interval = guidance_interval if guidance_interval is not None else s.guidance_interval
     guidance = guidance if guidance is not None else (s.guidance or 0.0)
     if guidance == 0:       # no guidance: an interval means nothing (and must not split the eval cache)
         interval = None
+    spacing = spacing or s.spacing or DEFAULT_SPACING
+    if spacing == "trailing":
+        if sigma_max is not None:
+            raise ConfigError(f"--sigma-max {sigma_max:g} caps the logsnr and karras spacings, not trailing")
+        sigma_max = None    # a run's own cap means nothing to evenly spaced t
+    elif sigma_max is None:
+        sigma_max = s.sigma_max
+    if sigma_max is not None and not sigma_max > 0:
+        raise ConfigError(f"--sigma-max must be > 0, got {sigma_max:g}")
     return (sampler or s.sampler or DEFAULT_SAMPLER,
             steps if steps is not None else (s.steps or DEFAULT_STEPS),
-            guidance, spacing or s.spacing or DEFAULT_SPACING,
-            check_guidance_interval(None if interval is None else list(interval)))
+            guidance, spacing, check_guidance_interval(None if interval is None else list(interval)),
+            None if sigma_max is None else float(sigma_max))
 
 
 def sample(run: LoadedRun, n: int, *, labels=None, sampler: str | None = None, steps: int | None = None,
            guidance: float | None = None, seed: int = 0, eta: float | None = None, spacing: str | None = None,
-           guidance_interval=None):
+           guidance_interval=None, sigma_max: float | None = None):
     """n samples in [-1, 1] and their labels (None for unconditional models). labels: None
     (conditional models: cycle 0..K-1), an int, or "all". sampler, steps, guidance, spacing,
-    guidance_interval: None for the run's own settings (`sampling_settings`)."""
+    guidance_interval, sigma_max: None for the run's own settings (`sampling_settings`)."""
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")
-    sampler, steps, guidance, spacing, interval = sampling_settings(run.config, sampler, steps, guidance,
-                                                                    spacing, guidance_interval)
+    sampler, steps, guidance, spacing, interval, sigma_max = sampling_settings(
+        run.config, sampler, steps, guidance, spacing, guidance_interval, sigma_max)
     y = _labels(run, n, labels)
     if guidance and run.num_classes and run.config.train.cond_drop == 0:
         log.warning("--guidance %g: %s was trained without label dropout (cond_drop 0), so its unconditional "
@@ -86,7 +97,7 @@ def sample(run: LoadedRun, n: int, *, labels=None, sampler: str | None = None, s
                     "--cond-drop 0.1", guidance, run.path)
     x = render.draw(run.model, run.schedule, run.config.model, n, labels=y, seed=seed, sampler=sampler,
                       steps=steps, guidance=guidance, eta=eta, device=run.device, precision=run.precision,
-                      spacing=spacing, guidance_interval=interval)
+                      spacing=spacing, guidance_interval=interval, sigma_max=sigma_max)
     return x, y
 
 
@@ -105,12 +116,12 @@ def save_grid(run: LoadedRun, images: torch.Tensor, labels, path) -> None:
 
 def process(run: LoadedRun, out, *, label: int | None = None, n: int = 4, sampler: str | None = None,
             steps: int | None = None, seed: int = 0, guidance: float | None = None, spacing: str | None = None,
-            guidance_interval=None) -> Path:
+            guidance_interval=None, sigma_max: float | None = None) -> Path:
     """The generation-process figure: rows samples, columns x_t from noise to image, pred x0 beneath."""
-    sampler, steps, guidance, spacing, interval = sampling_settings(run.config, sampler, steps, guidance,
-                                                                    spacing, guidance_interval)
+    sampler, steps, guidance, spacing, interval, sigma_max = sampling_settings(
+        run.config, sampler, steps, guidance, spacing, guidance_interval, sigma_max)
     render.process_figure(run.model, run.schedule, run.config.model, out, n=n, label=label, seed=seed,
                           sampler=sampler, steps=steps, guidance=guidance, device=run.device, precision=run.precision,
                           class_names=run.config.class_names,
-                          spacing=spacing, guidance_interval=interval)
+                          spacing=spacing, guidance_interval=interval, sigma_max=sigma_max)
     return Path(out)
