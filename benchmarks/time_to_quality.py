@@ -256,9 +256,13 @@ def main(argv=None):
         floor = next(iter(curves.values()))[0][2]
         for k in (3, 1.5):
             ax.axhline(k * floor, color="grey", ls=":", lw=1)
+            ax.annotate(f"{k:g}x floor", (1, k * floor), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                        fontsize=7, color="grey")
         ax.axhline(floor, color="grey", ls="--", lw=1, label="floor (real vs real)")
         ax.set_xlabel("minutes of training (2-core CPU, wall clock)")
         ax.set_ylabel(f"fd at 20 evaluations, n={args.n}")
+        if args.sigma_max is not None:
+            ax.set_title(f"log-SNR steps from sigma {args.sigma_max:g}", fontsize=9)
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
