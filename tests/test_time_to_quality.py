@@ -39,3 +39,22 @@ def test_extra_contenders_are_named_train_arguments():
 def test_a_run_that_finished_early_sits_where_it_ended():
     assert ttq.at_minutes(12, 12 * 60 + 4.0) == 12          # stopped at its budget (a little after)
     assert ttq.at_minutes(12, 10.5 * 60) == 10.5            # ended its planned steps at 10.5 minutes
+
+
+def test_sigma_max_evaluates_ddpmlab_snapshots_into_their_own_file(tmp_path, monkeypatch):
+    import json
+    calls = []
+
+    def fake_run(cmd, check, stdout):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.write_text(json.dumps({"fd": 1.0, "cmd": cmd}))
+    monkeypatch.setattr(ttq.subprocess, "run", fake_run)
+    snap = tmp_path / "at-12min"
+    snap.mkdir()
+    ttq.evaluate(snap, 1000)
+    ttq.evaluate(snap, 1000, 55.0)
+    assert "--sigma-max" not in calls[0] and calls[0][-1] == str(snap / "eval-n1000.json")
+    assert calls[1][calls[1].index("--sigma-max") + 1] == "55" and calls[1][-1] == str(snap / "eval-n1000-smax55.json")
+    ttq.evaluate(snap, 1000, 55.0)                     # kept: not evaluated again
+    assert len(calls) == 2
