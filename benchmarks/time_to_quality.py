@@ -137,20 +137,24 @@ def snapshot(d: Path, minutes: int) -> Path:
     return dst
 
 
+def eval_flags(sigma_max: float | None) -> list[str]:
+    """`ddpmlab evaluate`'s sampling flags for a ddpmlab snapshot: 20 NFE, from sigma_max if given."""
+    return EVAL + ([] if sigma_max is None else ["--sigma-max", f"{sigma_max:g}"])
+
+
 def evaluate(snap: Path, n: int, sigma_max: float | None = None) -> dict:
-    out = snap / f"eval-n{n}.json"
-    if sigma_max is not None and not (snap / "checkpoint.pt").is_file():     # diffusers' runs sample as they are
-        out = snap / f"eval-n{n}-smax{sigma_max:g}.json"
-    if not out.is_file() and (snap / "checkpoint.pt").is_file():
+    diffusers_snap = (snap / "checkpoint.pt").is_file()      # diffusers' runs sample as they are
+    capped = sigma_max is not None and not diffusers_snap
+    out = snap / (f"eval-n{n}-smax{sigma_max:g}.json" if capped else f"eval-n{n}.json")
+    if not out.is_file() and diffusers_snap:
         npz = snap / f"samples-n{n}.npz"
         subprocess.run([*DIFFUSERS, "sample", "--run", str(snap), "--n", str(n), "--npz", str(npz)], check=True,
                        stdout=subprocess.DEVNULL)
         subprocess.run([*DDPMLAB, "evaluate", str(npz), "--quiet", "--out", str(out)], check=True,
                        stdout=subprocess.DEVNULL)
     elif not out.is_file():
-        smax = [] if sigma_max is None else ["--sigma-max", f"{sigma_max:g}"]
-        subprocess.run([*DDPMLAB, "evaluate", str(snap), "--n", str(n), *EVAL, *smax, "--quiet", "--out", str(out)],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([*DDPMLAB, "evaluate", str(snap), "--n", str(n), *eval_flags(sigma_max), "--quiet",
+                        "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
 
@@ -242,7 +246,7 @@ def main(argv=None):
         lines.append(f"| {name} | {'not reached' if t3 is None else f'{t3:.1f}'} | "
                      f"{'not reached' if t15 is None else f'{t15:.1f}'} | {r3} | {r15} |")
     stem = "ttq" if args.sigma_max is None else f"ttq-smax{args.sigma_max:g}"
-    how = " ".join(EVAL + ([] if args.sigma_max is None else ["--sigma-max", f"{args.sigma_max:g}"]))
+    how = " ".join(eval_flags(args.sigma_max))
     lines = [f"ddpmlab contenders evaluated with `ddpmlab evaluate SNAPSHOT --n {args.n} {how}`.", "", *lines]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
