@@ -13,6 +13,7 @@ flags say otherwise.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -57,6 +58,14 @@ def recipe(rc) -> str:
             f"{d.schedule} schedule T={d.timesteps}")
 
 
+def model_changes(rc) -> str:
+    """' with `--set k=v ...`' for each model setting in which the run differs from its preset."""
+    preset, mine = dataclasses.asdict(C.get_preset(rc.preset).model), dataclasses.asdict(rc.model)
+    sets = [f"--set {k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else str(v).lower()}"
+            for k, v in mine.items() if preset[k] != v]
+    return f" with `{' '.join(sets)}`" if sets else ""
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
@@ -93,7 +102,7 @@ def main():
     lines = [f"# Model card: `{args.name}`", "",
              f"Class-conditional FashionMNIST diffusion model shipped with ddpmlab (`ddpmlab sample {args.name}`).", "",
              "| | |", "|---|---|",
-             f"| preset | `{rc.preset}` ({s['params']:,} parameters) |",
+             f"| preset | `{rc.preset}`{model_changes(rc)} ({s['params']:,} parameters) |",
              f"| epochs completed | {s['epochs']} (+ {s['steps'] - s['epochs'] * (60000 // rc.train.batch_size)} steps of the next) |",
              f"| optimiser steps | {s['steps']:,} at batch {rc.train.batch_size} |",
              f"| training images seen | {s['train_images']:,} |",

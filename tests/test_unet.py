@@ -458,3 +458,15 @@ def test_cli_trains_the_faces_preset_on_a_folder(tmp_path, cache, capsys):
     # without --data-dir: one line, exit 2
     assert cli.main(["train", "--preset", "unet-faces64", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "--data-dir" in capsys.readouterr().err
+
+
+def test_unet_coarse_is_unet_lite_with_its_width_moved_down_and_attention():
+    lite, coarse = get_preset("unet-lite").model, get_preset("unet-coarse").model
+    changed = {k for k in lite.__dict__ if getattr(lite, k) != getattr(coarse, k)}
+    assert changed == {"channels", "channel_mults", "attention"}
+    widths = [coarse.channels * m for m in coarse.channel_mults]
+    assert widths == [24, 72, 144] and coarse.attention
+    model = build_model(coarse)
+    assert model.attn is not None and model.stem.out_channels == 24
+    x = torch.randn(2, 1, 28, 28)
+    assert model(x, torch.tensor([10, 900]), torch.tensor([0, 10])).shape == x.shape

@@ -287,6 +287,12 @@ register(Preset("unet-small", "unet-block's design sized for a CPU: 32 channels,
                 train=dict(_GUIDED)))
 register(Preset("unet-lite", "unet-small with its upsampling convolutions on the coarse grid, narrowed to the level's width",
                 dataclasses.replace(PRESETS["unet-small"].model, upsample="conv-nearest"), train=dict(_GUIDED)))
+# unet-lite's step budget spent where the GPU sweep of session 13 found it paid (README, "A sweep on
+# a GPU"): a narrower 28x28 level and wider coarse ones (24, 72, 144 channels against 32, 64, 128),
+# and self-attention at 7x7; 0.317 GFLOP a forward against 0.295
+register(Preset("unet-coarse", "unet-lite with its width moved to the coarse levels (24, 72, 144) and attention at 7x7",
+                dataclasses.replace(PRESETS["unet-lite"].model, channels=24, channel_mults=(1, 3, 6), attention=True),
+                train=dict(_GUIDED)))
 register(Preset("unet-faces64", "64x64 RGB UNet, GroupNorm + timestep embedding; a folder of faces (--data-dir)",
                 ModelConfig(arch="unet", image_size=64, in_channels=3, channels=96, channel_mults=(1, 2, 3, 4),
                             blocks_per_level=2, time_dim=512, norm="group"),
