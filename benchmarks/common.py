@@ -52,6 +52,19 @@ def output_dir(name: str, out: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def named(items: list[str], flag: str) -> dict[str, list[str]]:
+    """NAME=ARGS items of a repeatable flag (--contender, --variant, --eval) as {NAME: [args]}; the
+    names must be unique, non-empty and usable as folder names (the scripts write OUT/NAME/)."""
+    out = {}
+    for item in items:
+        name, sep, rest = item.partition("=")
+        name = name.strip()
+        if not sep or not name or name in out or not all(c.isalnum() or c in "-_." for c in name):
+            raise SystemExit(f"{flag} {item!r}: expected NAME=ARGS with a new name of letters, digits, '-', '_', '.'")
+        out[name] = shlex.split(rest)
+    return out
+
+
 def machine() -> str:
     """One line naming what a result was measured on: CPU model, cores, torch's threads, OS, torch."""
     import torch

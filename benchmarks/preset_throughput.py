@@ -14,7 +14,6 @@ round, so a machine whose pace drifts slows every row alike.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 
 import torch
@@ -25,20 +24,17 @@ from ddpmlab.data import load_fashion_mnist
 from ddpmlab.models import count_parameters
 from ddpmlab.runtime import cpu_has_native_bf16, keep_freed_memory
 from ddpmlab.train import Trainer, make_run_config
-from common import median_time, output_dir   # benchmarks/ is on sys.path when run as a script
+from common import median_time, named, output_dir   # benchmarks/ is on sys.path when run as a script
 
 
 def networks(presets: str, variants: list[str]) -> list[tuple[str, str, dict]]:
     """(label, preset, model overrides): each preset as it is, then each NAME=--preset P --set K=V ..."""
     out = [(p, p, {}) for p in presets.split(",") if p]
-    for v in variants:
-        name, sep, rest = v.partition("=")
+    for name, args in named(variants, "--variant").items():
         ap = argparse.ArgumentParser(prog=f"--variant {name}")
         ap.add_argument("--preset", required=True)
         ap.add_argument("--set", action="append")
-        if not sep or not name:
-            raise SystemExit(f"--variant {v!r}: expected NAME=--preset P [--set K=V ...]")
-        a = ap.parse_args(shlex.split(rest))
+        a = ap.parse_args(args)
         out.append((name, a.preset, parse_set(a.set)))
     return out
 

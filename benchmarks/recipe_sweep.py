@@ -28,27 +28,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common import named
 from ddpmlab import checkpoint
 from time_to_quality import DDPMLAB
-
-
-def named(items: list[str], flag: str) -> dict[str, list[str]]:
-    """NAME=ARGS items as {NAME: [args]}; names must be unique, non-empty and usable as folder names."""
-    out = {}
-    for item in items:
-        name, sep, rest = item.partition("=")
-        name = name.strip()
-        if not sep or not name or name in out or not all(c.isalnum() or c in "-_." for c in name):
-            raise SystemExit(f"{flag} {item!r}: expected NAME=ARGS with a new name of letters, digits, '-', '_', '.'")
-        out[name] = shlex.split(rest)
-    return out
 
 
 def forward_gflop(run: Path) -> float:

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import named   # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,11 +64,11 @@ def is_diffusers(name: str) -> bool:
 def with_extra(specs: dict[str, list[str]], extra: list[str]) -> dict[str, list[str]]:
     """The contenders plus each NAME=ARGS of --contender, trained with `ddpmlab train ARGS`."""
     specs = dict(specs)
-    for c in extra:
-        name, sep, rest = c.partition("=")
-        if not sep or not name.strip() or name in specs or is_diffusers(name):
-            raise SystemExit(f"--contender {c!r}: expected NAME=ARGS with a new name not starting with 'diffusers'")
-        specs[name] = shlex.split(rest)
+    for name, args in named(extra, "--contender").items():
+        if name in specs or is_diffusers(name):
+            raise SystemExit(f"--contender {name!r}: expected NAME=ARGS with a new name not starting with 'diffusers' "
+                             f"(taken: {', '.join(specs)})")
+        specs[name] = args
     return specs
 
 
