@@ -265,3 +265,14 @@ def test_minutes_plans_the_length_and_a_resume_keeps_the_clock(tmp_path, fmnist_
         a = checkpoint.load_tensors(tmp_path / "full", f"{name}.safetensors")
         b = checkpoint.load_tensors(tmp_path / "same", f"{name}.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+    # the finished run resumed with twice the budget goes on: planned again at once from its pace
+    # (0.5 s a step, 44.5 s in: 45.5 s x 0.98 = 89 more steps), the cosine stretched to the new end;
+    # the re-plans at epoch ends give back one step of the margin as the time left shrinks
+    clock["per_step"] = 0.5
+    assert train(tmp_path / "full", resume=True, data=data, progress=False, minutes=1.5)["steps"] == 179
+    replans = lines("full", "plan")[len(plans):]
+    assert replans[0]["step"] == 89 and replans[0]["steps"] == 178 and replans[-1]["steps"] == 179
+    logged = lines("full", "step")
+    assert logged[89]["step"] == 90 and rc().train.min_lr < logged[89]["lr"] < rc().train.lr
+    assert logged[-1]["step"] == 179 and logged[-1]["lr"] == pytest.approx(rc().train.min_lr)

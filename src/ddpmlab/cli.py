@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after N optimiser steps")
     p.add_argument("--minutes", type=float,
                    help="a wall-clock budget: after the warmup the run measures its pace and plans its length "
-                        "(again at every epoch's end) so that it, and a cosine schedule, end when the budget is spent")
+                        "(again at every epoch's end) so that it, and a cosine schedule, end when the budget is spent; "
+                        "with --resume, a new budget re-plans at once (a finished run goes on; --epochs still caps it)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"))

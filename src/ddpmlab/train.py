@@ -568,6 +568,7 @@ def train(run_dir, rc: RunConfig | None = None, *, resume: bool = False, data: I
             raise C.ConfigError(f"--resume: {run_dir} {what}: nothing is resumable yet; start over with the same "
                                 "command without --resume")
         rc = load_config(run_dir)
+        saved_minutes = rc.train.minutes
         rc.train = C.from_dict(C.TrainConfig, {**C.to_dict(rc.train), **overrides})
     elif rc is None:
         raise C.ConfigError("train needs a RunConfig (or resume=True)")
@@ -579,6 +580,10 @@ def train(run_dir, rc: RunConfig | None = None, *, resume: bool = False, data: I
             trainer.load()
             if "lr" in overrides:
                 trainer.set_lr(overrides["lr"])
+            if rc.train.minutes != saved_minutes and trainer.planned():
+                # a new budget (say 60 minutes more for a finished run): its length is planned
+                # again now from the pace so far, and the cosine schedule stretches to the new end
+                trainer.plan_length()
         return trainer.fit()
     finally:
         # under torchrun: leave the process group before the interpreter exits; otherwise gloo's
