@@ -67,6 +67,14 @@ def make_schedule(cfg: DiffusionConfig | None = None) -> Schedule:
     return Schedule(betas, torch.cumprod(1 - betas, dim=0), cfg.prediction)
 
 
+def timesteps_at_noise_of(schedule: Schedule, other: Schedule, t_lo: int, t_hi: int) -> list[int]:
+    """[t_lo', t_hi']: the timesteps of `schedule` nearest in noise level (log sigma) to those of
+    `other` at t_lo and t_hi, so that a guidance interval found on one schedule means the same
+    noise on another."""
+    mine, theirs = schedule.log_sigmas(), other.log_sigmas()
+    return [int((mine - theirs[t]).abs().argmin()) for t in (t_lo, t_hi)]
+
+
 def q_sample(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Closed-form forward process (DDPM eq. 4): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
     a = schedule.abar(t, x0)
