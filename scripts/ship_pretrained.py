@@ -123,9 +123,9 @@ def main():
     sched = make_schedule(rc.diffusion)
     if evals:
         lines += ["## Evaluation (`ddpmlab evaluate`)", "",
-                  "| sampler | steps | spacing | guidance | NFE | network | n | fd | fd floor | cond_acc | classifier acc on real "
+                  "| sampler | steps | spacing | guidance | NFE | network | n | seed | fd | fd floor | cond_acc | classifier acc on real "
                   "| entropy | precision | recall | flags | sampling s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in evals:
             r = json.loads(p.read_text())
             flags = "mode collapse" if r.get("mode_collapse") else ""
@@ -136,7 +136,7 @@ def main():
             smax = f" from sigma {r['sigma_max']:g}" if r.get("sigma_max") else ""
             lines.append(f"| {r['sampler']} | {r['steps']} | {r.get('spacing') or 'trailing'}{smax} | {r['guidance']:g}"
                          f"{f' (t {gi[0]}..{gi[1]})' if gi else ''} | {nfe} | {r.get('sampling_precision', 'fp32')} | "
-                         f"{r['n']} | {r['fd']:.2f} | "
+                         f"{r['n']} | {r.get('seed', 0)} | {r['fd']:.3f} | "
                          f"{r['fd_floor']:.2f} | {r['cond_acc']:.3f} | {r['classifier_test_acc']:.3f} | "
                          f"{r['pred_entropy']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {flags.strip() or 'none'} | "
                          f"{r.get('sampling_seconds', '')} |")
