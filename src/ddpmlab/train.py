@@ -603,7 +603,12 @@ def train(run_dir, rc: RunConfig | None = None, *, resume: bool = False, data: I
                 # a new budget (say 60 minutes more for a finished run): its length is planned
                 # again now from the pace so far, and the cosine schedule stretches to the new end
                 trainer.plan_length()
-        return trainer.fit()
+        result = trainer.fit()
+        if trainer.world > 1:
+            # rank 0 still draws the final figures: the others wait, so that no rank tears down
+            # its connections while a peer still holds its end
+            dist.barrier()
+        return result
     finally:
         # under torchrun: leave the process group before the interpreter exits; otherwise gloo's
         # worker threads are torn down during finalisation and a rank can die with SIGABRT
