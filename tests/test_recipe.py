@@ -299,3 +299,23 @@ def test_minutes_plans_the_length_and_a_resume_keeps_the_clock(tmp_path, fmnist_
     logged = lines("full", "step")
     assert logged[89]["step"] == 90 and rc().train.min_lr < logged[89]["lr"] < rc().train.lr
     assert logged[-1]["step"] == 179 and logged[-1]["lr"] == pytest.approx(rc().train.min_lr)
+
+
+# --------------------------------------------------------------------------- the loss figure
+
+def test_loss_figure_draws_a_cosine_rate_on_its_own_axis_and_marks_plateau_drops(monkeypatch):
+    from ddpmlab import plots
+    figs = []
+    monkeypatch.setattr(plots, "_savefig", lambda fig, path: figs.append(fig))
+    steps = range(1, 201)
+    cosine = [{"kind": "step", "step": s, "loss": 0.1, "lr": cosine_lr(s - 1, 200, 1e-3, 1e-4)} for s in steps]
+    plateau = [{"kind": "step", "step": s, "loss": 0.1, "lr": 1e-3 if s <= 100 else 5e-4} for s in steps]
+
+    def epochs(logged):
+        return [{"kind": "epoch", "step": s, "loss": 0.1, "lr": logged[s - 1]["lr"]} for s in (50, 100, 150, 200)]
+    plots.plot_loss(cosine + epochs(cosine), "unused.png", ylabel="MSE on v")
+    plots.plot_loss(plateau + epochs(plateau), "unused.png")
+    (cos_ax, lr_ax), (plat_ax,) = figs[0].axes, figs[1].axes
+    assert cos_ax.get_ylabel() == "MSE on v" and "learning rate" in lr_ax.get_ylabel()
+    assert [l.get_ydata()[-1] for l in lr_ax.lines] == [pytest.approx(1e-4)] and not cos_ax.texts
+    assert [t.get_text().strip() for t in plat_ax.texts] == ["lr 5.0e-04"]          # one drop, at step 150

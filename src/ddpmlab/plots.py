@@ -78,8 +78,10 @@ def write_grid(images: torch.Tensor, path, ncol: int, row_labels=None, title: st
     _savefig(fig, path)
 
 
-def plot_loss(metrics: list[dict], path, title: str = "") -> None:
-    """Per-step loss (raw and smoothed) and per-epoch loss, log scale, with LR drops marked."""
+def plot_loss(metrics: list[dict], path, title: str = "", ylabel: str = "MSE loss on the noise") -> None:
+    """Per-step loss (raw and smoothed) and per-epoch loss, log scale. A rate that changes in
+    steps (ReduceLROnPlateau) has each drop marked; one that changes at every step (a cosine
+    schedule) is drawn on a second axis instead."""
     steps = [m for m in metrics if m.get("kind") == "step"]
     epochs = [m for m in metrics if m.get("kind") == "epoch"]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -92,8 +94,14 @@ def plot_loss(metrics: list[dict], path, title: str = "") -> None:
         ends = [m["step"] for m in epochs]
         mids = [(a + b) / 2 for a, b in zip([0] + ends[:-1], ends)]   # a mean over the epoch sits at its middle
         ax.plot(mids, [m["loss"] for m in epochs], "o-", color="tab:orange", lw=1.6, ms=4, label="epoch mean")
+    continuous = len({m["lr"] for m in steps}) > len(epochs) + 1
+    if continuous:
+        lr_ax = ax.twinx()
+        lr_ax.plot([m["step"] for m in steps], [m["lr"] for m in steps], color="tab:red", lw=1, ls="--")
+        lr_ax.set_ylabel("learning rate (dashed)", color="tab:red")
+        lr_ax.tick_params(axis="y", colors="tab:red")
     lr_prev = None
-    for m in epochs:
+    for m in epochs if not continuous else ():
         if lr_prev is not None and m["lr"] < lr_prev * 0.999:
             ax.axvline(m["step"], color="tab:red", ls="--", lw=1)
             ax.text(m["step"], 1.0, f" lr {m['lr']:.1e}", color="tab:red", fontsize=7, rotation=90,
@@ -102,8 +110,9 @@ def plot_loss(metrics: list[dict], path, title: str = "") -> None:
     if steps or epochs:
         ax.set_yscale("log")
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("MSE loss on the noise")
-    ax.set_title(title or "training loss (dashed: learning-rate drops)", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or ("training loss" if continuous else "training loss (dashed: learning-rate drops)"),
+                 fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if steps or epochs:
         ax.legend(fontsize=8)

@@ -542,7 +542,11 @@ def snapshots_and_collapse_scores(tr: Trainer) -> dict:
 
 
 def loss_figure(tr: Trainer) -> None:
-    plots.plot_loss(read_metrics(tr.run_dir), tr.run_dir / "loss.png", title=f"{tr.rc.preset}: training loss")
+    d, t = tr.rc.diffusion, tr.rc.train
+    target = {"eps": "the noise", "v": "v", "x0": "the clean image"}[d.prediction]
+    weighting = f"min-SNR-{t.min_snr_gamma:g} weighted " if t.loss_weighting == "min-snr" else ""
+    plots.plot_loss(read_metrics(tr.run_dir), tr.run_dir / "loss.png", title=f"{tr.rc.preset}: training loss",
+                    ylabel=f"{weighting}MSE on {target}")
 
 
 def final_sample_grid(tr: Trainer) -> None:
