@@ -62,10 +62,11 @@ def make_run_config(preset: str, model_overrides: dict | None = None, *, recipe:
 def recipe_sampling(rc: RunConfig) -> C.SamplingConfig:
     """What a run trained with a recipe samples with unless told otherwise (its config.json
     "sampling"), as measured on the recipe's models (README, "Quality per CPU-minute"): DPM-Solver++
-    steps spaced uniformly in log-SNR (as good as 5x as many trailing ones); on the cosine schedule
-    from sigma 55, not from its top of 20,291, where steps are spent on pure noise; and, for a model
-    trained with null labels, guidance 0.3 only at the noise levels of the linear schedule's t
-    100..700, so the other steps cost one network pass."""
+    steps spaced uniformly in log-SNR, which small images need far fewer of than trailing ones; on
+    the cosine schedule from sigma 55, not from its top, where steps are spent on pure noise; and,
+    for a model trained with null labels, guidance 0.3 only at the noise levels of the linear
+    schedule's t 100..700, so the other steps cost one network pass. Second order, not third: 3M
+    paid on the hour-long models but not on a 12-minute one, which a recipe run may well be."""
     s = C.SamplingConfig(sampler="dpm++2m", spacing="logsnr")
     if rc.diffusion.schedule == "cosine":
         s.sigma_max = 55.0
