@@ -1,5 +1,5 @@
 # make demo: a tour of the shipped model: samples, generation process, evaluation, report.
-# The evaluation uses the model's own sampling settings (10 network evaluations per image).
+# The evaluation uses the model's own sampling settings (14 network evaluations per image).
 # make test: the test suite. Both create .venv and make sure FashionMNIST is there.
 PY      := .venv/bin/python
 DDPMLAB := .venv/bin/ddpmlab
