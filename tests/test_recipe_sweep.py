@@ -1,6 +1,5 @@
 """benchmarks/recipe_sweep.py: variants trained side by side and evaluated alike, a row each; a
 rerun resumes and reuses what is done; bad NAME=ARGS items are refused."""
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -8,10 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))       # it imports time_to_quality, as a script would
-spec = importlib.util.spec_from_file_location("recipe_sweep", ROOT / "benchmarks" / "recipe_sweep.py")
-sweep = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sweep)
+sys.path.insert(0, str(ROOT / "benchmarks"))       # as a script sees it: it imports time_to_quality
+import recipe_sweep as sweep  # noqa: E402
 
 
 def test_named_items_become_argument_lists():

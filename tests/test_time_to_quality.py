@@ -1,17 +1,14 @@
 """benchmarks/time_to_quality.py's arithmetic: minutes to a target fd, interpolated between
 budgets, and the ratio of minutes against the reference contender (a bound when one of the two
 never got there)."""
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))       # it imports common, as a script would
-spec = importlib.util.spec_from_file_location("ttq", ROOT / "benchmarks" / "time_to_quality.py")
-ttq = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ttq)
+sys.path.insert(0, str(ROOT / "benchmarks"))       # as a script sees it: it imports common
+import time_to_quality as ttq  # noqa: E402
 
 
 def test_minutes_to_interpolates_between_budgets():
