@@ -100,13 +100,12 @@ def plot_loss(metrics: list[dict], path, title: str = "", ylabel: str = "MSE los
         lr_ax.plot([m["step"] for m in steps], [m["lr"] for m in steps], color="tab:red", lw=1, ls="--")
         lr_ax.set_ylabel("learning rate (dashed)", color="tab:red")
         lr_ax.tick_params(axis="y", colors="tab:red")
-    lr_prev = None
-    for m in epochs if not continuous else ():
-        if lr_prev is not None and m["lr"] < lr_prev * 0.999:
-            ax.axvline(m["step"], color="tab:red", ls="--", lw=1)
-            ax.text(m["step"], 1.0, f" lr {m['lr']:.1e}", color="tab:red", fontsize=7, rotation=90,
-                    va="top", transform=ax.get_xaxis_transform())
-        lr_prev = m["lr"]
+    else:
+        for prev, m in zip(epochs, epochs[1:]):
+            if m["lr"] < prev["lr"] * 0.999:
+                ax.axvline(m["step"], color="tab:red", ls="--", lw=1)
+                ax.text(m["step"], 1.0, f" lr {m['lr']:.1e}", color="tab:red", fontsize=7, rotation=90,
+                        va="top", transform=ax.get_xaxis_transform())
     if steps or epochs:
         ax.set_yscale("log")
     ax.set_xlabel("optimiser step")
