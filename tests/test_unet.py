@@ -19,6 +19,7 @@ from ddpmlab.models import build_model, count_parameters
 from ddpmlab.models.layers import Norm, ResBlock
 from ddpmlab.models.unet import Downsample, UNet
 from ddpmlab.run import load_weights, save_weights
+from ddpmlab.train import make_run_config
 
 TINY = dict(arch="unet", channels=8, channel_mults=(1, 2), blocks_per_level=1, time_dim=16, class_dim=4)
 COMBOS = [(cc, norm) for cc in ("input", "cbn", "block") for norm in ("batch", "group")]
@@ -468,5 +469,19 @@ def test_unet_coarse_is_unet_lite_with_its_width_moved_down_and_attention():
     assert widths == [24, 72, 144] and coarse.attention
     model = build_model(coarse)
     assert model.attn is not None and model.stem.out_channels == 24
+    x = torch.randn(2, 1, 28, 28)
+    assert model(x, torch.tensor([10, 900]), torch.tensor([0, 10])).shape == x.shape
+
+
+def test_unet_mini_is_unet_lite_narrowed_at_the_coarse_levels_and_trained_at_batch_32():
+    lite, mini = get_preset("unet-lite"), get_preset("unet-mini")
+    changed = {k for k in lite.model.__dict__ if getattr(lite.model, k) != getattr(mini.model, k)}
+    assert changed == {"channel_mults"}
+    assert [mini.model.channels * m for m in mini.model.channel_mults] == [32, 32, 64]
+    assert mini.train == {**lite.train, "batch_size": 32}
+    assert make_run_config("unet-mini", recipe="fast").train.batch_size == 32      # the recipe keeps it
+    assert make_run_config("unet-mini", batch_size=64).train.batch_size == 64       # --batch-size wins
+    model = build_model(mini.model)
+    assert count_parameters(model) < count_parameters(build_model(lite.model)) / 2
     x = torch.randn(2, 1, 28, 28)
     assert model(x, torch.tensor([10, 900]), torch.tensor([0, 10])).shape == x.shape
