@@ -319,3 +319,17 @@ def test_loss_figure_draws_a_cosine_rate_on_its_own_axis_and_marks_plateau_drops
     assert cos_ax.get_ylabel() == "MSE on v" and "learning rate" in lr_ax.get_ylabel()
     assert [l.get_ydata()[-1] for l in lr_ax.lines] == [pytest.approx(1e-4)] and not cos_ax.texts
     assert [t.get_text().strip() for t in plat_ax.texts] == ["lr 5.0e-04"]          # one drop, at step 150
+
+
+def test_ctrl_c_while_the_final_figures_are_drawn_is_one_line_and_the_run_is_saved(tmp_path, fmnist_small, monkeypatch):
+    """A SIGINT that lands after the last step (a harness stopping a run at its budget just as it
+    ends) used to escape as a KeyboardInterrupt traceback; the final checkpoint is already written."""
+    data = fmnist_small.subset(64)
+    rc = make_run_config("resnet-class", TINY, epochs=1, batch_size=32, snapshot_steps=0, device="cpu")
+
+    def ctrl_c(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Trainer, "finish_figures", ctrl_c)
+    with pytest.raises(TrainingInterrupted, match="final figures after step 2; the run is saved"):
+        train(tmp_path / "r", rc, data=data, progress=False)
+    assert checkpoint.step(tmp_path / "r") == 2

@@ -406,7 +406,13 @@ class Trainer:
         if self.world > 1:
             self.log_metrics(kind="ddp", step=self.step, world=self.world, weights_sha256=self.rank_digests())
         if self.rank == 0:
-            self.finish_figures()
+            try:
+                self.finish_figures()
+            except KeyboardInterrupt:
+                # Ctrl-C (or a harness's SIGINT at its budget) after the final save: the run is
+                # complete on disk, only its last figures are missing; say so in one line, exit 130
+                raise TrainingInterrupted(f"interrupted while drawing the final figures after step {self.step}; "
+                                          "the run is saved") from None
         return {"steps": self.step, "epochs": self.epoch, "finished": finished}
 
     def rank_digests(self) -> list[str]:
