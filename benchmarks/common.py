@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: timing a call, the folder they write in, what they ran on and
-how they were called, diffusers' matched UNet.
+"""What the benchmark scripts share: timing a call, counting its FLOPs, the folder they write in,
+what they ran on and how they were called, diffusers' matched UNet.
 
 The scripts import it as `from common import ...`: benchmarks/ is on sys.path when one runs as
 `.venv/bin/python benchmarks/NAME.py`. For autocast they use `ddpmlab.runtime.autocast`, as ddpmlab does.
@@ -35,6 +35,16 @@ def median_time(fn, repeats: int, warmup: int = 1, sync=None) -> tuple[float, li
             sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times[warmup:]), times
+
+
+def count_flops(fn, grad: bool = True) -> int:
+    """FLOPs (2 per multiply-add) of one call fn(), as torch's FlopCounterMode counts them: the
+    convolutions and matmuls, forward and (with grad, for a training step) backward."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc, torch.set_grad_enabled(grad):
+        fn()
+    return fc.get_total_flops()
 
 
 def output_dir(name: str, out: str | os.PathLike | None = None) -> Path:

@@ -19,12 +19,11 @@ import argparse
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
 
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.runtime import keep_freed_memory
 from ddpmlab.train import Trainer, make_run_config
-from common import median_time, output_dir   # benchmarks/ is on sys.path when run as a script
+from common import count_flops, median_time, output_dir   # benchmarks/ is on sys.path when run as a script
 
 
 def conv_rows(prof) -> list[tuple]:
@@ -58,9 +57,7 @@ def budget(prof, tr, batches, data, args, target: float = 0.85):
     step = median_time(lambda i: tr.train_step(batches[i % len(batches)]).item(), max(args.steps, 3), 1)[0]
     counter = tr if not args.compile else Trainer(      # the flop counter needs the eager model
         output_dir("profile_step"), run_config(args, compile=False), data=data, progress=False)
-    with FlopCounterMode(display=False) as fc:
-        counter.train_step(batches[0])
-    gflop = fc.get_total_flops() / 1e9
+    gflop = count_flops(lambda: counter.train_step(batches[0])) / 1e9
     conv_ceiling = ceiling(tr.precision)[0]
     conv_s = conv_share * step
     print(f"budget: {gflop:.1f} GFLOP per step in {step * 1e3:.0f} ms (median, unprofiled): "

@@ -34,7 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import named
+from common import count_flops, named
 from ddpmlab import checkpoint
 from time_to_quality import DDPMLAB
 
@@ -42,15 +42,12 @@ from time_to_quality import DDPMLAB
 def forward_gflop(run: Path) -> float:
     """Multiply-adds x 2 of one forward pass for one image of the run's network."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
     from ddpmlab.models import build_model
     from ddpmlab.run import load_config
     cfg = load_config(run).model
     m = build_model(cfg).eval()
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        m(torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size), torch.tensor([500]),
-          torch.tensor([0]) if cfg.num_classes else None)
-    return fc.get_total_flops() / 1e9
+    return count_flops(lambda: m(torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size), torch.tensor([500]),
+                                 torch.tensor([0]) if cfg.num_classes else None), grad=False) / 1e9
 
 
 def run_variant(name: str, train_args: list[str], evals: dict[str, list[str]], out: Path, n: int,

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ddpmlab.config import get_preset
 from ddpmlab.diffusion import make_schedule
 from ddpmlab.models import build_model, count_parameters
 from ddpmlab import render
 from ddpmlab.runtime import autocast, keep_freed_memory
-from common import diffusers_unet, median_time   # benchmarks/ is on sys.path when run as a script
+from common import count_flops, diffusers_unet, median_time   # benchmarks/ is on sys.path when run as a script
 
 
 def main():
@@ -58,15 +57,10 @@ def main():
                 x = s.step(eps.float(), t, x).prev_sample
         return x
 
-    def flops_per_eval(model, call):
-        with FlopCounterMode(display=False) as fc, torch.no_grad():
-            call()
-        return fc.get_total_flops()
-
     x = torch.randn(args.n, 1, 28, 28)
     t = torch.full((args.n,), 500)
-    f_ours = flops_per_eval(ours, lambda: ours(x, t, labels))
-    f_theirs = flops_per_eval(theirs, lambda: theirs(x, t, class_labels=labels))
+    f_ours = count_flops(lambda: ours(x, t, labels), grad=False)
+    f_theirs = count_flops(lambda: theirs(x, t, class_labels=labels), grad=False)
     for p in args.precisions.split(","):
         res = {}
         for name, fn, f in (("ddpmlab", run_ours, f_ours), ("diffusers", run_theirs, f_theirs)):

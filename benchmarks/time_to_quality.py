@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/time_to_quality.py [--contenders writeup,fast] [--minutes 10,20,40,60]
         [--contender NAME=ARGS ...] [--out runs/ttq] [--n 1000] [--evaluate-only] [--sigma-max S]
+        [--against writeup,diffusers]
 
 Each contender trains in the background in its own run directory, as a user would run it
 (`ddpmlab train ...`). The harness stops the training process with SIGINT (which checkpoints) once
@@ -12,7 +13,8 @@ every 20 s, so an interrupted harness continues where it stopped (work since the
 is lost and counted). After training, every copy is evaluated with `ddpmlab evaluate --n N` at 20
 network evaluations per image (a guided step counts twice) and the harness writes OUT/ttq.md (the
 table, and the minutes each contender needs to reach fd <= 3x and <= 1.5x its floor, linearly
-interpolated between budgets) and OUT/ttq.png (fd against minutes). --sigma-max S evaluates the
+interpolated between budgets, with their ratios against each baseline present, the write-up's
+recipe and diffusers', or the contenders --against names) and OUT/ttq.png (fd against minutes). --sigma-max S evaluates the
 ddpmlab contenders with their log-SNR steps spaced from sigma S down (`ddpmlab evaluate --sigma-max`),
 instead of from the schedule's top, and writes OUT/ttq-smaxS.md and .png beside the others.
 
@@ -190,6 +192,25 @@ def time_ratio(t: float | None, t_ref: float | None, last: float, last_ref: floa
     return "-"
 
 
+def reach_table(curves: dict[str, list[tuple[float, float, float]]], refs: list[str] | None = None) -> list[str]:
+    """The minutes each contender needs to reach fd <= 3x and <= 1.5x its floor, and their ratio
+    against each reference contender (default: the baselines present, the write-up's recipe and
+    diffusers', else the first contender). curves: name -> [(minutes, fd, floor), ...]."""
+    refs = [r for r in (refs or [n for n in curves if n == "writeup" or is_diffusers(n)]
+                        or list(curves)[:1]) if r in curves]
+    head = "".join(f" against {r}: 3x | 1.5x |" for r in refs)
+    lines = [f"| contender | minutes to fd <= 3x floor | minutes to fd <= 1.5x floor |{head}",
+             "|---|---|---|" + "---|---|" * len(refs)]
+    reach = {name: [minutes_to([(m, fd) for m, fd, _ in pts], k * pts[0][2]) for k in (3, 1.5)]
+             for name, pts in curves.items()}
+    for name, pts in curves.items():
+        t3, t15 = reach[name]
+        ratios = [time_ratio(reach[name][k], reach[r][k], pts[-1][0], curves[r][-1][0]) for r in refs for k in (0, 1)]
+        lines.append(f"| {name} | {'not reached' if t3 is None else f'{t3:.1f}'} | "
+                     f"{'not reached' if t15 is None else f'{t15:.1f}'} |" + "".join(f" {x} |" for x in ratios))
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--contenders", default="writeup,fast")
@@ -200,6 +221,9 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/ttq")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--evaluate-only", action="store_true")
+    ap.add_argument("--against", metavar="NAMES",
+                    help="the contenders to give ratios of minutes against (default: writeup and diffusers where "
+                         "present, else the first)")
     ap.add_argument("--sigma-max", type=float, metavar="S",
                     help="evaluate with log-SNR steps from sigma S down (default: from the schedule's top)")
     args = ap.parse_args(argv)
@@ -234,18 +258,9 @@ def main(argv=None):
             rows.append(f"| {name} | {m if x == m else f'{x:.1f} (ended)'} | {at['step']} | {r['fd']:.2f} | {r['fd_floor']:.2f} | "
                         f"{r['fd'] / r['fd_floor']:.2f}x | {r['cond_acc']:.3f} | {r['pred_entropy']:.3f} |")
             print(rows[-1], flush=True)
-    ref = "fast" if "fast" in curves else next(iter(curves), None)
     lines = ["| contender | minutes | steps | fd | floor | fd/floor | cond_acc | entropy |",
              "|---|---|---|---|---|---|---|---|", *rows, "",
-             f"| contender | minutes to fd <= 3x floor | minutes to fd <= 1.5x floor | against {ref}: 3x | 1.5x |",
-             "|---|---|---|---|---|"]
-    reach = {name: [minutes_to([(m, fd) for m, fd, _ in pts], k * pts[0][2]) for k in (3, 1.5)]
-             for name, pts in curves.items()}
-    for name, pts in curves.items():
-        t3, t15 = reach[name]
-        r3, r15 = (time_ratio(reach[name][k], reach[ref][k], pts[-1][0], curves[ref][-1][0]) for k in (0, 1))
-        lines.append(f"| {name} | {'not reached' if t3 is None else f'{t3:.1f}'} | "
-                     f"{'not reached' if t15 is None else f'{t15:.1f}'} | {r3} | {r15} |")
+             *reach_table(curves, args.against.split(",") if args.against else None)]
     stem = "ttq" if args.sigma_max is None else f"ttq-smax{args.sigma_max:g}"
     how = " ".join(eval_flags(args.sigma_max))
     lines = [f"ddpmlab contenders evaluated with `ddpmlab evaluate SNAPSHOT --n {args.n} {how}`.", "", *lines]

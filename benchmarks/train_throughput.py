@@ -20,19 +20,12 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.models import count_parameters
 from ddpmlab.runtime import autocast, cpu_has_native_bf16, keep_freed_memory
 from ddpmlab.train import Trainer, make_run_config
-from common import diffusers_unet, median_time, output_dir   # benchmarks/ is on sys.path when run as a script
-
-
-def count_flops(fn) -> int:
-    with FlopCounterMode(display=False) as fc:
-        fn(0)
-    return fc.get_total_flops()
+from common import count_flops, diffusers_unet, median_time, output_dir   # benchmarks/ is on sys.path when run as a script
 
 
 def ceiling(precision: str, reps: int = 5) -> tuple[float, float, float]:
@@ -105,7 +98,7 @@ def main():
         configs += [(f"ddpmlab {p}", ours, p), (f"diffusers {p}", theirs, p)]
     for name, make, prec in configs:
         fn, params, resolved = make(prec, args.batch, data)
-        flops = count_flops(fn)
+        flops = count_flops(lambda: fn(0))
         s = median_time(fn, args.steps, 2)[0]
         if resolved not in ceilings:
             ceilings[resolved] = ceiling(resolved)

@@ -57,3 +57,18 @@ def test_sigma_max_evaluates_ddpmlab_snapshots_into_their_own_file(tmp_path, mon
     assert calls[1][calls[1].index("--sigma-max") + 1] == "55" and calls[1][-1] == str(snap / "eval-n1000-smax55.json")
     ttq.evaluate(snap, 1000, 55.0)                     # kept: not evaluated again
     assert len(calls) == 2
+
+
+def test_reach_table_gives_ratios_against_both_baselines():
+    floor = 0.5
+    curves = {"writeup": [(10, 6.0, floor), (20, 2.0, floor), (30, 1.0, floor)],      # 3x at 25 minutes
+              "mini": [(8, 1.9, floor), (10, 1.1, floor)],                             # 3x at 9, 1.5x never
+              "diffusers": [(10, 50.0, floor), (50, 8.0, floor)]}                      # 3x never in 50
+    lines = ttq.reach_table(curves)
+    assert lines[0].count("against writeup") == 1 and lines[0].count("against diffusers") == 1
+    row = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ") for line in lines[2:]}
+    assert row["writeup"][1:] == ["25.0", "not reached", "1.00x", "-", "< 0.50x", "-"]
+    assert row["mini"][1:] == ["9.0", "not reached", "0.36x", "-", "< 0.18x", "-"]
+    assert row["diffusers"][1:] == ["not reached", "not reached", "> 2.00x", "-", "-", "-"]
+    only = ttq.reach_table(curves, ["mini"])
+    assert "against writeup" not in only[0] and only[2].endswith("| 2.78x | - |")     # 25 / 9
