@@ -14,20 +14,17 @@ $PY -m ddpmlab train --preset unet-block --device cuda --precision bf16 --compil
 $PY - "$OUT/run" "$BATCH" <<'PYEOF'
 import json, statistics, sys
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from ddpmlab.train import Trainer, make_run_config
 from ddpmlab.data import load_fashion_mnist
 sys.path.insert(0, "benchmarks")
-from common import median_time
+from common import count_flops, median_time
 
 run, batch = sys.argv[1], int(sys.argv[2])
 steps = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if '"step"' in l]
 ips = statistics.median(m["img_per_s"] for m in steps if m.get("kind") == "step" and m["step"] > 50)
 rc = make_run_config("unet-block", batch_size=batch, device="cuda", precision="bf16", snapshot_steps=0)
 tr = Trainer(f"{run}-flops", rc, data=load_fashion_mnist("train").subset(batch * 2), progress=False)
-with FlopCounterMode(display=False) as fc:
-    tr.train_step(torch.arange(batch, device="cuda"))
-flops_per_img = fc.get_total_flops() / batch
+flops_per_img = count_flops(lambda: tr.train_step(torch.arange(batch, device="cuda"))) / batch
 a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
 peak = 2 * 8192 ** 3 / median_time(lambda i: a @ a, 20, 3, sync=torch.cuda.synchronize)[0]
 achieved = ips * flops_per_img

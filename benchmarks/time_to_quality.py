@@ -14,9 +14,10 @@ is lost and counted). After training, every copy is evaluated with `ddpmlab eval
 network evaluations per image (a guided step counts twice) and the harness writes OUT/ttq.md (the
 table, and the minutes each contender needs to reach fd <= 3x and <= 1.5x its floor, linearly
 interpolated between budgets, with their ratios against each baseline present, the write-up's
-recipe and diffusers', or the contenders --against names) and OUT/ttq.png (fd against minutes). --sigma-max S evaluates the
-ddpmlab contenders with their log-SNR steps spaced from sigma S down (`ddpmlab evaluate --sigma-max`),
-instead of from the schedule's top, and writes OUT/ttq-smaxS.md and .png beside the others.
+recipe and diffusers', or the contenders --against names) and OUT/ttq.png (fd against minutes).
+--sigma-max S evaluates the ddpmlab contenders with their log-SNR steps spaced from sigma S down
+(`ddpmlab evaluate --sigma-max`), instead of from the schedule's top, and writes OUT/ttq-smaxS.md
+and .png beside the others.
 
 Contenders:
 - writeup: `unet-small` with the write-up's recipe (eps, uniform t, Adam with plateau halving, EMA 0.999);
