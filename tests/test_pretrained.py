@@ -45,3 +45,37 @@ def test_the_first_shipped_model_stays_loadable_as_fmnist_v1():
     x, y = sample(run, 20, labels="all", steps=8)
     _, logits = predict(load_classifier(PRETRAINED), to_uint8(x))
     assert (logits.argmax(1) == y).float().mean() >= 0.8
+
+
+def test_the_shipped_model_carries_its_autoguidance_network(tmp_path):
+    """fmnist guides its middle steps away from a weaker copy of itself (the first 8 minutes of a
+    short run) shipped beside it; --autoguidance 0 is the classifier-free guidance it had before."""
+    import json
+    import shutil
+
+    from ddpmlab.config import ConfigError
+    from ddpmlab.diffusion import count_nfe
+    run = load_run("fmnist", device="cpu", precision="fp32")
+    ag = run.autoguide
+    assert ag is not None and ag.weight == run.config.sampling.autoguidance > 0 and ag.interval == (203, 946)
+    assert sum(p.numel() for p in ag.net.parameters()) == sum(p.numel() for p in run.model.parameters())
+    assert not any(torch.equal(a, b) for a, b in zip(ag.net.parameters(), run.model.parameters()))
+    s = run.config.sampling
+    assert count_nfe(1000, s.steps, s.spacing, run.schedule, s.guidance, s.guidance_interval, s.sigma_max, ag) <= 16
+    x, y = sample(run, 20, labels="all", steps=8)
+    _, logits = predict(load_classifier(PRETRAINED), to_uint8(x))
+    assert (logits.argmax(1) == y).float().mean() >= 0.8
+    assert load_run("fmnist", device="cpu", autoguidance=0).autoguide is None
+    # a copy whose guide is gone, or is a network of another diffusion, fails in one line
+    copy = tmp_path / "fmnist"
+    shutil.copytree(run.path, copy)
+    shutil.rmtree(copy / "guide")
+    with pytest.raises(ConfigError, match="sampling.guide 'guide' is not a run directory.*--autoguidance 0"):
+        load_run(copy, device="cpu")
+    assert load_run(copy, device="cpu", autoguidance=0).autoguide is None
+    shutil.copytree(run.path / "guide", copy / "guide")
+    cfg = json.loads((copy / "guide" / "config.json").read_text())
+    cfg["diffusion"]["prediction"] = "eps"
+    (copy / "guide" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="its diffusion .* differs from the run's"):
+        load_run(copy, device="cpu")

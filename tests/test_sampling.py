@@ -6,8 +6,8 @@ import torch
 
 from ddpmlab import cli, defaults
 from ddpmlab.config import ConfigError, DiffusionConfig, SamplingConfig, from_dict, to_dict
-from ddpmlab.diffusion import (SAMPLERS, Schedule, generate, guided_eps, make_schedule, make_timesteps,
-                               model_output_to_eps_x0, training_target)
+from ddpmlab.diffusion import (SAMPLERS, Autoguide, Schedule, count_nfe, generate, guided_eps, make_schedule,
+                               make_timesteps, model_output_to_eps_x0, training_target)
 
 LINEAR, COSINE = make_schedule(DiffusionConfig(schedule="linear")), make_schedule(DiffusionConfig(schedule="cosine"))
 
@@ -172,6 +172,47 @@ def test_guidance_interval_forward_passes():
     assert net.calls == [(6 if 200 <= t <= 700 else 3, t) for t in ts]
 
 
+def test_autoguidance_steers_away_from_the_guide_in_its_interval_only():
+    net, weak = TinyNet(), TinyNet()
+    with torch.no_grad():
+        weak.scale.mul_(0.5)                            # a different network, so the formula shows
+    labels = torch.tensor([0, 1, 2])
+    ag = Autoguide(weak, 1.5, (100, 500))
+    fn = guided_eps(net, labels, 2.0, null_label=3, interval=(0, 999), autoguide=ag)
+    x = torch.randn(3, 1, 4, 4)
+    for t in (99, 100, 300, 500, 501):
+        net.calls.clear(), weak.calls.clear()
+        tt = torch.full((3,), t)
+        out = fn(x, tt)
+        if 100 <= t <= 500:     # the guide's step: one pass of each network, the same labels, no null label
+            assert net.calls == [(3, t)] and weak.calls == [(3, t)], t
+            c = net(x, tt, labels)
+            torch.testing.assert_close(out, c + 1.5 * (c - weak(x, tt, labels)))
+        else:                   # outside it, classifier-free guidance as before: one doubled pass
+            assert net.calls == [(6, t)] and weak.calls == [], t
+    # without classifier-free guidance, the steps outside the guide's interval are one plain pass
+    fn = guided_eps(net, labels, 0.0, null_label=3, autoguide=ag)
+    net.calls.clear(), weak.calls.clear()
+    torch.testing.assert_close(fn(x, torch.full((3,), 700)), net(x, torch.full((3,), 700), labels))
+    assert weak.calls == []
+    # weight 0 is no autoguidance at all
+    assert guided_eps(net, labels, 0.0, null_label=3, autoguide=Autoguide(weak, 0.0))(x, torch.full((3,), 300)).shape == x.shape
+    assert weak.calls == []
+
+
+def test_count_nfe_counts_what_generate_runs_with_autoguidance():
+    net, weak = TinyNet(), TinyNet()
+    labels = torch.tensor([0, 1, 2])
+    for guidance, interval, ag in ((0.0, None, Autoguide(weak, 1.0, (200, 946))),
+                                   (0.3, (300, 999), Autoguide(weak, 1.0, (200, 600))),
+                                   (0.3, (300, 999), None), (0.0, None, Autoguide(weak, 0.0))):
+        net.calls.clear(), weak.calls.clear()
+        generate(net, COSINE, (1, 4, 4), seeds=range(3), labels=labels, sampler="dpm++3m", steps=10, guidance=guidance,
+                 null_label=3, guidance_interval=interval, spacing="logsnr", sigma_max=55.0, autoguide=ag)
+        ran = sum(b // 3 for b, _ in net.calls) + len(weak.calls)           # network evaluations per image
+        assert count_nfe(1000, 10, "logsnr", COSINE, guidance, interval, 55.0, ag) == ran, (guidance, interval)
+
+
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 def test_generate_is_independent_of_the_batch_size(sampler, prediction):
@@ -205,7 +246,10 @@ def test_sampling_config_new_fields_are_optional_and_checked():
                         ({"sigma_max": 0}, "sigma_max must be a number > 0"),
                         ({"sigma_max": "80"}, "sigma_max must be a number > 0"),
                         ({"guidance_interval": [700, 100]}, "t_lo <= t_hi"),
-                        ({"guidance_interval": [1.5, 3]}, "integer"), ({"guidance_interval": 5}, "expected")):
+                        ({"guidance_interval": [1.5, 3]}, "integer"), ({"guidance_interval": 5}, "expected"),
+                        ({"autoguidance": 1.0}, "needs sampling.guide"), ({"guide": ""}, "directory name"),
+                        ({"guide": "g", "autoguidance": "1"}, "must be a number"),
+                        ({"guide": "g", "autoguidance_interval": [9, 1]}, "autoguidance_interval")):
         with pytest.raises(ConfigError, match=needle):
             from_dict(SamplingConfig, bad)
 

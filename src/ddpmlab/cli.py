@@ -131,7 +131,7 @@ def cmd_sample(args) -> None:
     from .sample import load_run, sample, save_grid, save_npz
     _check_steps(args.steps)
     interval = parse_interval(args.guidance_interval)
-    run = load_run(args.run, device=args.device, precision=args.precision)
+    run = load_run(args.run, device=args.device, precision=args.precision, autoguidance=args.autoguidance)
     if args.labels is not None and args.labels != "all":
         raise C.ConfigError(f"--labels {args.labels!r}: valid: all")
     labels = "all" if args.labels == "all" else args.label
@@ -151,7 +151,7 @@ def cmd_process(args) -> None:
     from .sample import load_run, process
     _check_steps(args.steps)
     interval = parse_interval(args.guidance_interval)
-    run = load_run(args.run, device=args.device, precision=args.precision)
+    run = load_run(args.run, device=args.device, precision=args.precision, autoguidance=args.autoguidance)
     from .run import default_output
     out = args.out or default_output(run.path, "process.png")
     process(run, out, label=args.label, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
@@ -193,7 +193,7 @@ def cmd_evaluate(args) -> None:
                                         sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                         seed=args.seed, device=args.device, precision=args.precision,
                                         spacing=args.spacing, guidance_interval=parse_interval(args.guidance_interval),
-                                        sigma_max=args.sigma_max, **kw)
+                                        sigma_max=args.sigma_max, autoguidance=args.autoguidance, **kw)
         out = args.out or cached
     print(format_table(r))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -231,6 +231,7 @@ def format_table(r: dict) -> str:
              f"{', spacing=' + r['spacing'] if r.get('spacing') else ''}"
              f"{', sigma_max {:g}'.format(r['sigma_max']) if r.get('sigma_max') else ''}"
              f"{', guided for t in {}..{}'.format(*r['guidance_interval']) if r.get('guidance_interval') else ''}"
+             f"{', autoguidance {weight:g} from {guide}'.format(**r['autoguidance']) if r.get('autoguidance') else ''}"
              f"{', network in ' + r['sampling_precision'] if r.get('sampling_precision') else ''}, input {r['input_range']}",
              f"classifier: {r['classifier']['feature_dim']}-d features, accuracy on real test images "
              f"{r['classifier_test_acc']:.4f}",
@@ -330,11 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="logsnr and karras spacings: start their range at noise level sigma S (EDM: 80) where the "
                             f"schedule's top is higher (default: {default_text} the schedule's top)")
 
+    def autoguide_flag(p):
+        p.add_argument("--autoguidance", type=float, metavar="W",
+                       help="weight of autoguidance: guided steps in its interval steer away from the weaker network "
+                            "the run names (config.json sampling.guide) instead of the null label; 0: off "
+                            f"(default: {own} off)")
+
     def sampling_flags(p):
         p.add_argument("run", help="run directory or shipped model name")
         p.add_argument("--sampler", choices=SAMPLER_NAMES, help=f"default: {own} {DEFAULT_SAMPLER}")
         p.add_argument("--steps", type=int, help=f"default: {own} {DEFAULT_STEPS}")
         spacing_flags(p)
+        autoguide_flag(p)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
         precision_flag(p)
@@ -365,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help=f"default: {own} {DEFAULT_STEPS}")
     p.add_argument("--guidance", type=float, help=f"classifier-free guidance weight (default: {own} 0)")
     spacing_flags(p)
+    autoguide_flag(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     precision_flag(p)

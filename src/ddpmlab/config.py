@@ -99,6 +99,9 @@ class SamplingConfig:
     spacing: str | None = _opt(None)            # timestep spacing: trailing (default) | logsnr | karras
     guidance_interval: list | None = _opt(None)  # [t_lo, t_hi]: guide only there; None: at every step
     sigma_max: float | None = _opt(None)        # logsnr/karras: the top of their range; None: the schedule's own
+    guide: str | None = _opt(None)              # autoguidance: a weaker run's directory, relative to this one,
+    autoguidance: float | None = _opt(None)     # its weight (None or 0: off),
+    autoguidance_interval: list | None = _opt(None)  # and the [t_lo, t_hi] where it replaces the null label
 
     def validate(self) -> "SamplingConfig":
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
@@ -112,6 +115,16 @@ class SamplingConfig:
         if self.sigma_max is not None and (isinstance(self.sigma_max, bool) or not isinstance(self.sigma_max, (int, float))
                                            or not self.sigma_max > 0):
             raise ConfigError(f"sampling.sigma_max must be a number > 0 (or null: the schedule's own), got {self.sigma_max!r}")
+        if self.guide is not None and (not isinstance(self.guide, str) or not self.guide.strip()):
+            raise ConfigError(f"sampling.guide must be a directory name relative to the run (or null), got {self.guide!r}")
+        if self.autoguidance is not None and (isinstance(self.autoguidance, bool)
+                                              or not isinstance(self.autoguidance, (int, float))):
+            raise ConfigError(f"sampling.autoguidance must be a number (or null), got {self.autoguidance!r}")
+        if self.autoguidance and self.guide is None:
+            raise ConfigError("sampling.autoguidance needs sampling.guide: the weaker run to guide away from")
+        if self.autoguidance_interval is not None:
+            self.autoguidance_interval = check_guidance_interval(self.autoguidance_interval,
+                                                                 "sampling.autoguidance_interval")
         return self
 
 

@@ -385,34 +385,65 @@ class PerImageNoise:
 
 
 def count_nfe(T: int, steps: int, spacing: str | None = DEFAULT_SPACING, schedule: Schedule | None = None,
-              guidance: float = 0.0, interval=None, sigma_max: float | None = None) -> int:
+              guidance: float = 0.0, interval=None, sigma_max: float | None = None,
+              autoguide: Autoguide | None = None) -> int:
     """Network evaluations per image of a sampling run: one per step, two for a guided step
-    (the conditional and the null label; guided_eps batches them in one pass of twice the size)."""
-    if not guidance:
+    (the conditional and the null label, which guided_eps batches in one pass of twice the size;
+    or the network and autoguidance's weaker one)."""
+    if autoguide is not None and autoguide.weight == 0:
+        autoguide = None
+    if not guidance and autoguide is None:
         return steps
     ts = make_timesteps(T, steps, spacing, schedule, sigma_max)
-    if interval is None:
-        return 2 * steps
-    lo, hi = int(interval[0]), int(interval[1])
-    return steps + sum(lo <= t <= hi for t in ts)
+    lo, hi = (None, None) if interval is None else (int(interval[0]), int(interval[1]))
+
+    def guided(t: int) -> bool:
+        if autoguide is not None and autoguide.applies(t):
+            return True
+        return bool(guidance) and (lo is None or lo <= t <= hi)
+    return steps + sum(guided(int(t)) for t in ts)
 
 
-def guided_eps(model, labels: torch.Tensor | None, guidance: float, null_label: int, interval=None):
+@dataclass(frozen=True)
+class Autoguide:
+    """Autoguidance (Karras et al. 2024): guide a network away from a worse version of itself (a
+    smaller one, or the same one trained for less), with the same labels, instead of away from the
+    null label: eps = eps_cond + w * (eps_cond - guide_cond). It corrects what the weak network
+    gets wrong rather than pushing toward the class, so it sharpens without narrowing a class.
+    interval (t_lo, t_hi): where it applies (None: every step); it takes such a step over from
+    classifier-free guidance. Two passes a step, one of each network."""
+    net: torch.nn.Module
+    weight: float
+    interval: tuple | None = None
+
+    def applies(self, t: int) -> bool:
+        return self.weight != 0 and (self.interval is None or self.interval[0] <= t <= self.interval[1])
+
+
+def guided_eps(model, labels: torch.Tensor | None, guidance: float, null_label: int, interval=None,
+               autoguide: Autoguide | None = None):
     """eps_fn for a sampler. With guidance w != 0 (classifier-free guidance, Ho & Salimans 2022):
     eps = eps_cond + w * (eps_cond - eps_uncond), both from one batched forward pass. The same
     combination of a v or x0 output is the same guided sampler: each is affine in eps with
     coefficients that depend on x_t and t only.
 
     interval (t_lo, t_hi): guide only the steps whose t lies in [t_lo, t_hi] (guidance in a
-    limited interval, Kynkaanniemi et al. 2024); elsewhere one conditional pass of the batch."""
-    if labels is None or guidance == 0:
+    limited interval, Kynkaanniemi et al. 2024); elsewhere one conditional pass of the batch.
+    autoguide: steps where it applies are guided by its network instead (`Autoguide`)."""
+    if autoguide is not None and autoguide.weight == 0:
+        autoguide = None
+    if labels is None or (guidance == 0 and autoguide is None):
         return lambda x, t: model(x, t, labels)
     null = torch.full_like(labels, null_label)
     both = torch.cat([labels, null])
     lo, hi = (None, None) if interval is None else (int(interval[0]), int(interval[1]))
 
     def eps_fn(x, t):
-        if lo is not None and not lo <= int(t[0]) <= hi:   # a sampler's t is one timestep for the batch
+        step = int(t[0])                                  # a sampler's t is one timestep for the batch
+        if autoguide is not None and autoguide.applies(step):
+            cond = model(x, t, labels)
+            return cond + autoguide.weight * (cond - autoguide.net(x, t, labels))
+        if guidance == 0 or (lo is not None and not lo <= step <= hi):
             return model(x, t, labels)
         e = model(torch.cat([x, x]), torch.cat([t, t]), both)
         cond, uncond = e.chunk(2)
@@ -435,11 +466,13 @@ def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: s
              steps: int = DEFAULT_STEPS, eta: float | None = None, guidance: float = 0.0, null_label: int = 0,
              clip: bool = True, callback=None, device="cpu", batch_size: int | None = None,
              precision: str = "fp32", spacing: str | None = DEFAULT_SPACING, guidance_interval=None,
-             lower_order_final: bool | None = None, sigma_max: float | None = None) -> torch.Tensor:
+             lower_order_final: bool | None = None, sigma_max: float | None = None,
+             autoguide: Autoguide | None = None) -> torch.Tensor:
     """Draw len(seeds) images of `shape` (C, H, W) in [-1, 1]; returns a float32 CPU tensor.
 
     spacing, sigma_max: of the timesteps (`make_timesteps`); guidance_interval (t_lo, t_hi): where guidance
-    applies (`guided_eps`); lower_order_final: of the DPM-Solver++ samplers (None: below 15 steps).
+    applies (`guided_eps`); lower_order_final: of the DPM-Solver++ samplers (None: below 15 steps);
+    autoguide: a weaker network that steps in its interval steer away from (`Autoguide`).
 
     precision "bf16": the network runs under bf16 autocast and its output is cast back, so the
     solver's state and arithmetic stay fp32.
@@ -465,7 +498,7 @@ def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: s
             x = noise((len(chunk), *shape))
             lab = None if labels is None else labels[s:s + batch_size].to(device)
             cb = None if callback is None else (lambda i, t, xt, x0, _s=s: callback(_s, i, t, xt, x0))
-            eps_fn = _in_precision(guided_eps(model, lab, guidance, null_label, guidance_interval),
+            eps_fn = _in_precision(guided_eps(model, lab, guidance, null_label, guidance_interval, autoguide),
                                    torch.device(device), precision)
             x = fn(_ticking(eps_fn, bar, len(chunk)), schedule, x, ts, noise=noise, clip=clip, callback=cb, **kw)
             out.append(x.float().cpu())

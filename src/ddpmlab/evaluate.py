@@ -258,22 +258,28 @@ def run_eval_dir(run_dir) -> Path:
 def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int | None = None,
                         guidance: float | None = None, seed: int = 0, device: str = "auto",
                         precision: str = SAMPLE_PRECISION, spacing: str | None = None, guidance_interval=None,
-                        sigma_max: float | None = None, **kw) -> tuple[dict, Path]:
-    """evaluate_run, kept as RUN/eval/SAMPLER-STEPSsteps-gW[-SPACING][-smaxS][-giLO-HI]-nN-seedS[-bf16].json
-    (spacing only when not trailing, sigma_max and the interval only when set) and reused until
-    the weights change; `report` and `evaluate` share it. Returns the result and its file. sampler,
-    steps, guidance, spacing, guidance_interval, sigma_max: None for the run's own settings
-    (sample.sampling_settings)."""
+                        sigma_max: float | None = None, autoguidance: float | None = None,
+                        **kw) -> tuple[dict, Path]:
+    """evaluate_run, kept as RUN/eval/SAMPLER-STEPSsteps-gW[-SPACING][-smaxS][-giLO-HI][-agW[-agiLO-HI]]-nN-seedS[-bf16].json
+    (spacing only when not trailing, sigma_max and the intervals only when set, -agW with
+    autoguidance) and reused until the weights (the guide's too) change; `report` and `evaluate`
+    share it. Returns the result and its file. sampler, steps, guidance, spacing,
+    guidance_interval, sigma_max, autoguidance: None for the run's own settings
+    (sample.sampling_settings, sample.load_run)."""
     from .defaults import DEFAULT_SPACING
     from .run import load_config, resolve_run
-    from .sample import sampling_settings
+    from .sample import guide_dir, sampling_settings
     run_dir = resolve_run(run)
+    rc = load_config(run_dir)
     sampler, steps, guidance, spacing, interval, sigma_max = sampling_settings(
-        load_config(run_dir), sampler, steps, guidance, spacing, guidance_interval, sigma_max)
+        rc, sampler, steps, guidance, spacing, guidance_interval, sigma_max)
+    ag = rc.sampling.autoguidance if autoguidance is None else autoguidance
+    guided_by = guide_dir(run_dir, rc) if ag and rc.sampling.guide else None
     precision = resolve_precision(precision, resolve_device(device))
     tag = "" if precision == "fp32" else f"-{precision}"
     how = ("" if spacing == DEFAULT_SPACING else f"-{spacing}") + ("" if sigma_max is None else f"-smax{sigma_max:g}") + \
-        ("" if interval is None else "-gi{}-{}".format(*interval))
+        ("" if interval is None else "-gi{}-{}".format(*interval)) + ("" if guided_by is None else f"-ag{ag:g}" + (
+            "-agi{}-{}".format(*rc.sampling.autoguidance_interval) if rc.sampling.autoguidance_interval else ""))
     path = run_eval_dir(run_dir) / f"{sampler}-{steps}steps-g{guidance:g}{how}-n{n}-seed{seed}{tag}.json"
     # reused only for the same weights, classifier and metric code: a retrained run, another
     # classifier or a new ddpmlab version evaluates afresh
@@ -283,6 +289,8 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps
     key = {"weights_sha256": checkpoint.sha256(run_dir, "ema.safetensors"),
            "classifier_sha256": file_sha256(clf) if clf.is_file() else None, "ddpmlab": __version__,
            "metrics": METRICS_VERSION}
+    if guided_by is not None:
+        key["guide_sha256"] = checkpoint.sha256(guided_by, "ema.safetensors")
     if not kw.get("inception_weights") and path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -291,7 +299,8 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps
         if old.get("cache_key") == key:
             return old, path
     r = evaluate_run(run_dir, n, sampler=sampler, steps=steps, guidance=guidance, seed=seed, device=device,
-                     precision=precision, spacing=spacing, guidance_interval=interval, sigma_max=sigma_max, **kw)
+                     precision=precision, spacing=spacing, guidance_interval=interval, sigma_max=sigma_max,
+                     autoguidance=autoguidance, **kw)
     r["cache_key"] = key
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(r, indent=2) + "\n"
@@ -301,12 +310,14 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps
 
 def evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, device: str = "auto", precision: str = SAMPLE_PRECISION,
-                 spacing: str | None = None, guidance_interval=None, sigma_max: float | None = None, **kw) -> dict:
+                 spacing: str | None = None, guidance_interval=None, sigma_max: float | None = None,
+                 autoguidance: float | None = None, **kw) -> dict:
     """Draw n samples from a run (labels cycling 0..9 when conditional) and evaluate them;
-    precision: the network's while sampling (a LoadedRun brings its own)."""
+    precision: the network's while sampling, autoguidance: the weight of the run's guide network
+    (None: the run's own; a LoadedRun brings its own of both)."""
     from .diffusion import count_nfe
     from .sample import load_run, sample, sampling_settings
-    loaded = run if hasattr(run, "model") else load_run(run, device=device, precision=precision)
+    loaded = run if hasattr(run, "model") else load_run(run, device=device, precision=precision, autoguidance=autoguidance)
     sampler, steps, guidance, spacing, interval, sigma_max = sampling_settings(
         loaded.config, sampler, steps, guidance, spacing, guidance_interval, sigma_max)
     cfg = loaded.config.model
@@ -323,8 +334,11 @@ def evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int |
                         guidance=guidance, seed=seed, input_range="sampled in [-1, 1], quantised to uint8",
                         device=loaded.device, **kw)
     r["spacing"], r["guidance_interval"], r["sigma_max"] = spacing, interval, sigma_max
+    ag = loaded.autoguide
+    r["autoguidance"] = None if ag is None else {"guide": loaded.config.sampling.guide, "weight": ag.weight,
+                                                 "interval": None if ag.interval is None else list(ag.interval)}
     r["nfe"] = count_nfe(loaded.config.diffusion.timesteps, steps, spacing, loaded.schedule, guidance, interval,
-                         sigma_max)
+                         sigma_max, ag)
     r["sampling_seconds"] = round(sample_s, 1)
     r["sampling_precision"] = loaded.precision
     return r

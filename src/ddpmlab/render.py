@@ -59,15 +59,15 @@ def make_labels(num_classes: int, n: int, label: int | str | None = None):
 def draw(model, schedule: Schedule, cfg, n: int, *, labels=None, seed: int = 0,
            sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance: float = 0.0, eta=None, device="cpu",
            callback=None, precision: str = "fp32", spacing: str | None = None, guidance_interval=None,
-           sigma_max: float | None = None) -> torch.Tensor:
+           sigma_max: float | None = None, autoguide=None) -> torch.Tensor:
     """n images in [-1, 1]; image i uses seed (seed, i) whatever batch it is drawn in. spacing
-    (None: trailing), guidance_interval and sigma_max: as `diffusion.generate`."""
+    (None: trailing), guidance_interval, sigma_max and autoguide: as `diffusion.generate`."""
     if guidance and not cfg.num_classes:
         raise ConfigError("--guidance needs a class-conditional model")
     return generate(model, schedule, (cfg.in_channels, cfg.image_size, cfg.image_size), seeds=image_seeds(seed, n),
                     labels=labels, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
                     null_label=cfg.num_classes, callback=callback, device=device, precision=precision,
-                    spacing=spacing, guidance_interval=guidance_interval, sigma_max=sigma_max)
+                    spacing=spacing, guidance_interval=guidance_interval, sigma_max=sigma_max, autoguide=autoguide)
 
 
 def sample_grid(model, schedule, cfg, path, *, per_class: int = 10, seed: int = 0, class_names=None,

@@ -246,11 +246,12 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
         blocks.append(Block("text", "Not evaluated (`--no-eval`): figures and training records only."))
     else:
         settings = {(r["sampler"], r["steps"], r["guidance"], r.get("spacing") or "trailing",
-                     tuple(r.get("guidance_interval") or ()), r.get("sigma_max")) for r in results.values()}
+                     tuple(r.get("guidance_interval") or ()), r.get("sigma_max"),
+                     (r.get("autoguidance") or {}).get("weight")) for r in results.values()}
         if len(settings) == 1:
-            s, k, w, sp, gi, smax = settings.pop()
+            s, k, w, sp, gi, smax, ag = settings.pop()
             more = ("" if sp == "trailing" else f" --spacing {sp}") + ("" if smax is None else f" --sigma-max {smax:g}") + \
-                (" --guidance-interval {},{}".format(*gi) if gi else "")
+                (" --guidance-interval {},{}".format(*gi) if gi else "") + ("" if ag is None else f" --autoguidance {ag:g}")
             how = (f"Every row is evaluated the same way: `ddpmlab evaluate RUN --n {n} --sampler {s} --steps {k} "
                    f"--guidance {w:g}{more}`.")
         elif settings:

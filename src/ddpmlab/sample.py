@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from . import plots, render
-from .config import ConfigError, check_guidance_interval
+from .config import ConfigError, check_guidance_interval, to_dict
 from .defaults import DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS, SAMPLE_PRECISION
-from .diffusion import Schedule, make_schedule
+from .diffusion import Autoguide, Schedule, make_schedule
 from .run import RunConfig, load_model, resolve_run
 from .runtime import resolve_device, resolve_precision
 from .samplefile import save_npz  # noqa: F401  (part of this module's API: sample, then save_npz)
@@ -32,20 +32,54 @@ class LoadedRun:
     schedule: Schedule
     device: torch.device
     precision: str = "fp32"             # of the network while sampling: fp32 or bf16 (autocast)
+    autoguide: Autoguide | None = None  # the weaker network guided steps steer away from (sampling.guide)
 
     @property
     def num_classes(self) -> int:
         return self.config.model.num_classes
 
 
-def load_run(path_or_name, device: str = "auto", ema: bool = True, precision: str = SAMPLE_PRECISION) -> LoadedRun:
+def load_run(path_or_name, device: str = "auto", ema: bool = True, precision: str = SAMPLE_PRECISION,
+             autoguidance: float | None = None) -> LoadedRun:
     """A run directory (or shipped model name) rebuilt from config.json with its EMA weights.
-    precision: the network's while sampling; "auto" is bf16 where the device computes it natively."""
+    precision: the network's while sampling; "auto" is bf16 where the device computes it natively.
+    autoguidance: the weight of the weaker network config.json's sampling.guide names (None: the
+    run's own, sampling.autoguidance; 0: none, guided steps use the null label as before)."""
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     path = resolve_run(path_or_name)
     model, rc = load_model(path, ema=ema, device=dev)
-    return LoadedRun(path, model, rc, make_schedule(rc.diffusion), dev, prec)
+    weight = rc.sampling.autoguidance if autoguidance is None else autoguidance
+    if weight and not rc.sampling.guide:
+        raise ConfigError(f"--autoguidance {weight:g}: {path} names no guide network (config.json sampling.guide)")
+    auto = None
+    if weight:
+        interval = rc.sampling.autoguidance_interval
+        auto = Autoguide(load_guide(path, rc, dev), float(weight), None if interval is None else tuple(interval))
+    return LoadedRun(path, model, rc, make_schedule(rc.diffusion), dev, prec, auto)
+
+
+def guide_dir(run_dir: Path, rc: RunConfig) -> Path:
+    """The directory of a run's autoguidance network (sampling.guide, relative to the run)."""
+    d = Path(run_dir) / rc.sampling.guide
+    if not (d / "config.json").is_file():
+        raise ConfigError(f"{Path(run_dir) / 'config.json'}: sampling.guide {rc.sampling.guide!r} is not a run "
+                          f"directory ({d} has no config.json); restore it, or sample with --autoguidance 0")
+    return d
+
+
+def load_guide(run_dir: Path, rc: RunConfig, device) -> torch.nn.Module:
+    """The weaker network of autoguidance: it must denoise the same diffusion with the same labels."""
+    d = guide_dir(run_dir, rc)
+    guide, grc = load_model(d, device=device)
+    for what, a, b in (("diffusion", to_dict(grc.diffusion), to_dict(rc.diffusion)),
+                       ("classes", grc.model.num_classes, rc.model.num_classes),
+                       ("image shape", (grc.model.image_size, grc.model.in_channels),
+                        (rc.model.image_size, rc.model.in_channels))):
+        if a != b:
+            raise ConfigError(f"sampling.guide {d}: its {what} {a} differs from the run's {b}; a guide must be "
+                              "trained on the same diffusion and labels")
+    return guide
 
 
 def _labels(run: LoadedRun, n: int, labels) -> torch.Tensor | None:
@@ -97,7 +131,7 @@ def sample(run: LoadedRun, n: int, *, labels=None, sampler: str | None = None, s
                     "--cond-drop 0.1", guidance, run.path)
     x = render.draw(run.model, run.schedule, run.config.model, n, labels=y, seed=seed, sampler=sampler,
                       steps=steps, guidance=guidance, eta=eta, device=run.device, precision=run.precision,
-                      spacing=spacing, guidance_interval=interval, sigma_max=sigma_max)
+                      spacing=spacing, guidance_interval=interval, sigma_max=sigma_max, autoguide=run.autoguide)
     return x, y
 
 
@@ -123,5 +157,5 @@ def process(run: LoadedRun, out, *, label: int | None = None, n: int = 4, sample
     render.process_figure(run.model, run.schedule, run.config.model, out, n=n, label=label, seed=seed,
                           sampler=sampler, steps=steps, guidance=guidance, device=run.device, precision=run.precision,
                           class_names=run.config.class_names,
-                          spacing=spacing, guidance_interval=interval, sigma_max=sigma_max)
+                          spacing=spacing, guidance_interval=interval, sigma_max=sigma_max, autoguide=run.autoguide)
     return Path(out)
