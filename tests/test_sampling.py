@@ -146,17 +146,19 @@ def test_guidance_formula_by_hand():
         calls.append(x.shape[0])
         return 0.1 * label.float().view(-1, 1, 1, 1) + x
     labels, x, t = torch.tensor([0, 2]), torch.full((2, 1, 1, 1), 0.5), torch.tensor([300, 300])
-    eps = guided_eps(model, labels, 3.0, null_label=5)(x, t)
     # cond = 0.1 y + 0.5, uncond = 0.5 + 0.5: eps = cond + 3 (cond - uncond)
     want = torch.tensor([0.5 + 3 * (0.0 - 0.5), 0.7 + 3 * (0.2 - 0.5)]).view(2, 1, 1, 1)
-    torch.testing.assert_close(eps, want)
+    torch.testing.assert_close(guided_eps(model, labels, 3.0, null_label=5, batched=True)(x, t), want)
     assert calls == [4]                                 # one forward pass of the doubled batch
+    calls.clear()
+    torch.testing.assert_close(guided_eps(model, labels, 3.0, null_label=5)(x, t), want)
+    assert calls == [2, 2]                              # on a CPU by default: two passes of the batch
 
 
 def test_guidance_interval_forward_passes():
     net = TinyNet()
     labels = torch.tensor([0, 1, 2])
-    fn = guided_eps(net, labels, 2.0, null_label=3, interval=(100, 500))
+    fn = guided_eps(net, labels, 2.0, null_label=3, interval=(100, 500), batched=True)
     x = torch.randn(3, 1, 4, 4)
     for t, batch in ((99, 3), (100, 6), (300, 6), (500, 6), (501, 3), (999, 3)):
         net.calls.clear()
@@ -169,7 +171,7 @@ def test_guidance_interval_forward_passes():
     generate(net, LINEAR, (1, 4, 4), seeds=range(3), labels=labels, sampler="ddim", steps=10, guidance=2.0,
              null_label=3, guidance_interval=(200, 700))
     ts = make_timesteps(1000, 10)
-    assert net.calls == [(6 if 200 <= t <= 700 else 3, t) for t in ts]
+    assert net.calls == [c for t in ts for c in ([(3, t), (3, t)] if 200 <= t <= 700 else [(3, t)])]
 
 
 def test_autoguidance_steers_away_from_the_guide_in_its_interval_only():
@@ -178,7 +180,7 @@ def test_autoguidance_steers_away_from_the_guide_in_its_interval_only():
         weak.scale.mul_(0.5)                            # a different network, so the formula shows
     labels = torch.tensor([0, 1, 2])
     ag = Autoguide(weak, 1.5, (100, 500))
-    fn = guided_eps(net, labels, 2.0, null_label=3, interval=(0, 999), autoguide=ag)
+    fn = guided_eps(net, labels, 2.0, null_label=3, interval=(0, 999), autoguide=ag, batched=True)
     x = torch.randn(3, 1, 4, 4)
     for t in (99, 100, 300, 500, 501):
         net.calls.clear(), weak.calls.clear()
