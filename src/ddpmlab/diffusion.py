@@ -388,8 +388,8 @@ def count_nfe(T: int, steps: int, spacing: str | None = DEFAULT_SPACING, schedul
               guidance: float = 0.0, interval=None, sigma_max: float | None = None,
               autoguide: Autoguide | None = None) -> int:
     """Network evaluations per image of a sampling run: one per step, two for a guided step
-    (the conditional and the null label, which guided_eps batches in one pass of twice the size;
-    or the network and autoguidance's weaker one)."""
+    (the conditional and the null label, in one pass of twice the batch or two passes; or the
+    network and autoguidance's weaker one)."""
     if autoguide is not None and autoguide.weight == 0:
         autoguide = None
     if not guidance and autoguide is None:
@@ -423,7 +423,8 @@ class Autoguide:
 def guided_eps(model, labels: torch.Tensor | None, guidance: float, null_label: int, interval=None,
                autoguide: Autoguide | None = None, batched: bool | None = None):
     """eps_fn for a sampler. With guidance w != 0 (classifier-free guidance, Ho & Salimans 2022):
-    eps = eps_cond + w * (eps_cond - eps_uncond), both from one batched forward pass. The same
+    eps = eps_cond + w * (eps_cond - eps_uncond), from two forward passes or one of twice the batch
+    (`batched`). The same
     combination of a v or x0 output is the same guided sampler: each is affine in eps with
     coefficients that depend on x_t and t only.
 
@@ -486,7 +487,7 @@ def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: s
     batch_size None: 256 on accelerators, 64 on a CPU, where big batches are slower per image
     (activations past glibc's 32 MB mmap threshold are mapped and page-faulted afresh by every op):
     benchmarks/sample_batch_size.py measures it; README quotes it), and guidance doubles the batch
-    the network sees."""
+    the network sees off a CPU (on a CPU it makes two passes, `guided_eps`)."""
     fn = get_sampler(sampler)
     if batch_size is None:
         batch_size = 64 if torch.device(device).type == "cpu" else 256
