@@ -389,19 +389,11 @@ def count_nfe(T: int, steps: int, spacing: str | None = DEFAULT_SPACING, schedul
               autoguide: Autoguide | None = None) -> int:
     """Network evaluations per image of a sampling run: one per step, two for a guided step
     (the conditional and the null label, in one pass of twice the batch or two passes; or the
-    network and autoguidance's weaker one)."""
-    if autoguide is not None and autoguide.weight == 0:
-        autoguide = None
-    if not guidance and autoguide is None:
+    network and autoguidance's weaker one): the steps `guidance_at` guides."""
+    if not guidance and (autoguide is None or autoguide.weight == 0):
         return steps
     ts = make_timesteps(T, steps, spacing, schedule, sigma_max)
-    lo, hi = (None, None) if interval is None else (int(interval[0]), int(interval[1]))
-
-    def guided(t: int) -> bool:
-        if autoguide is not None and autoguide.applies(t):
-            return True
-        return bool(guidance) and (lo is None or lo <= t <= hi)
-    return steps + sum(guided(int(t)) for t in ts)
+    return steps + sum(guidance_at(int(t), guidance, interval, autoguide) is not None for t in ts)
 
 
 @dataclass(frozen=True)
@@ -420,13 +412,23 @@ class Autoguide:
         return self.weight != 0 and (self.interval is None or self.interval[0] <= t <= self.interval[1])
 
 
+def guidance_at(t: int, guidance: float, interval=None, autoguide: Autoguide | None = None) -> str | None:
+    """How the step at timestep t is guided: "auto" (autoguidance, which takes the step over),
+    "cfg" (classifier-free, inside its interval), or None (one conditional pass). guided_eps
+    samples by it and count_nfe counts by it, so the two cannot disagree."""
+    if autoguide is not None and autoguide.applies(t):
+        return "auto"
+    if guidance and (interval is None or int(interval[0]) <= t <= int(interval[1])):
+        return "cfg"
+    return None
+
+
 def guided_eps(model, labels: torch.Tensor | None, guidance: float, null_label: int, interval=None,
                autoguide: Autoguide | None = None, batched: bool | None = None):
     """eps_fn for a sampler. With guidance w != 0 (classifier-free guidance, Ho & Salimans 2022):
     eps = eps_cond + w * (eps_cond - eps_uncond), from two forward passes or one of twice the batch
-    (`batched`). The same
-    combination of a v or x0 output is the same guided sampler: each is affine in eps with
-    coefficients that depend on x_t and t only.
+    (`batched`). The same combination of a v or x0 output is the same guided sampler: each is
+    affine in eps with coefficients that depend on x_t and t only.
 
     interval (t_lo, t_hi): guide only the steps whose t lies in [t_lo, t_hi] (guidance in a
     limited interval, Kynkaanniemi et al. 2024); elsewhere one conditional pass of the batch.
@@ -435,21 +437,18 @@ def guided_eps(model, labels: torch.Tensor | None, guidance: float, null_label: 
     batched: the conditional and null-label passes as one pass of twice the batch (None: except on
     a CPU, where the doubled batch's activations outgrow glibc's mmap threshold and are
     page-faulted afresh by every op, so two passes of the batch are faster; the same numbers)."""
-    if autoguide is not None and autoguide.weight == 0:
-        autoguide = None
-    if labels is None or (guidance == 0 and autoguide is None):
+    if labels is None or (not guidance and (autoguide is None or autoguide.weight == 0)):
         return lambda x, t: model(x, t, labels)
     null = torch.full_like(labels, null_label)
     both = torch.cat([labels, null])
-    lo, hi = (None, None) if interval is None else (int(interval[0]), int(interval[1]))
 
     def eps_fn(x, t):
-        step = int(t[0])                                  # a sampler's t is one timestep for the batch
-        if autoguide is not None and autoguide.applies(step):
+        how = guidance_at(int(t[0]), guidance, interval, autoguide)   # a sampler's t is one timestep for the batch
+        if how is None:
+            return model(x, t, labels)
+        if how == "auto":
             cond = model(x, t, labels)
             return cond + autoguide.weight * (cond - autoguide.net(x, t, labels))
-        if guidance == 0 or (lo is not None and not lo <= step <= hi):
-            return model(x, t, labels)
         if batched if batched is not None else x.device.type != "cpu":
             cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
         else:

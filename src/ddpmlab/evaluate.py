@@ -268,13 +268,13 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps
     (sample.sampling_settings, sample.load_run)."""
     from .defaults import DEFAULT_SPACING
     from .run import load_config, resolve_run
-    from .sample import guide_dir, sampling_settings
+    from .sample import autoguidance_weight, guide_dir, sampling_settings
     run_dir = resolve_run(run)
     rc = load_config(run_dir)
     sampler, steps, guidance, spacing, interval, sigma_max = sampling_settings(
         rc, sampler, steps, guidance, spacing, guidance_interval, sigma_max)
-    ag = rc.sampling.autoguidance if autoguidance is None else autoguidance
-    guided_by = guide_dir(run_dir, rc) if ag and rc.sampling.guide else None
+    ag = autoguidance_weight(rc, autoguidance, run_dir)
+    guided_by = guide_dir(run_dir, rc) if ag else None
     precision = resolve_precision(precision, resolve_device(device))
     tag = "" if precision == "fp32" else f"-{precision}"
     how = ("" if spacing == DEFAULT_SPACING else f"-{spacing}") + ("" if sigma_max is None else f"-smax{sigma_max:g}") + \

@@ -49,14 +49,21 @@ def load_run(path_or_name, device: str = "auto", ema: bool = True, precision: st
     prec = resolve_precision(precision, dev)
     path = resolve_run(path_or_name)
     model, rc = load_model(path, ema=ema, device=dev)
-    weight = rc.sampling.autoguidance if autoguidance is None else autoguidance
-    if weight and not rc.sampling.guide:
-        raise ConfigError(f"--autoguidance {weight:g}: {path} names no guide network (config.json sampling.guide)")
+    weight = autoguidance_weight(rc, autoguidance, path)
     auto = None
     if weight:
         interval = rc.sampling.autoguidance_interval
         auto = Autoguide(load_guide(path, rc, dev), float(weight), None if interval is None else tuple(interval))
     return LoadedRun(path, model, rc, make_schedule(rc.diffusion), dev, prec, auto)
+
+
+def autoguidance_weight(rc: RunConfig, autoguidance: float | None, run_dir) -> float:
+    """The weight given (None: the run's own sampling.autoguidance; 0: off); a weight for a run
+    that names no guide network is an error."""
+    weight = rc.sampling.autoguidance if autoguidance is None else autoguidance
+    if weight and not rc.sampling.guide:
+        raise ConfigError(f"--autoguidance {weight:g}: {run_dir} names no guide network (config.json sampling.guide)")
+    return weight or 0.0
 
 
 def guide_dir(run_dir: Path, rc: RunConfig) -> Path:
