@@ -1,11 +1,14 @@
 # make demo: a tour of the shipped model: samples, generation process, evaluation, report.
-# The evaluation uses the model's own sampling settings (14 network evaluations per image).
-# make test: the test suite. Both create .venv and make sure FashionMNIST is there.
+# The evaluation uses the model's own sampling settings (16 network evaluations per image).
+# make test: the test suite.
+# Both need nothing preinstalled but Python 3.11: they create .venv, install the package, and get
+# FashionMNIST (scripts/get_data.sh); `make test` also gets a headless browser for the browser
+# tests where apt exists (scripts/get_browser.sh).
 PY      := .venv/bin/python
 DDPMLAB := .venv/bin/ddpmlab
 DEMO    ?= demo
 
-.PHONY: install data demo test clean
+.PHONY: install data browser demo test clean
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -17,7 +20,10 @@ DEMO    ?= demo
 install: .venv/.installed
 
 data: install
-	$(DDPMLAB) data
+	@DDPMLAB=$(DDPMLAB) bash scripts/get_data.sh
+
+browser:
+	@bash scripts/get_browser.sh
 
 demo: data
 	$(DDPMLAB) sample fmnist --labels all --n 100 --grid $(DEMO)/samples.png --npz $(DEMO)/samples.npz
@@ -26,7 +32,7 @@ demo: data
 	$(DDPMLAB) report fmnist --n 1000 --out $(DEMO)/report
 	@echo "demo done: look at $(DEMO)/samples.png, $(DEMO)/process.png, $(DEMO)/eval.json and $(DEMO)/report/report.html"
 
-test: data
+test: data browser
 	$(PY) -m pytest
 
 clean:

@@ -51,7 +51,7 @@ def cmd_presets(args) -> None:
 
 def cmd_data(args) -> None:
     from .data import verify_fashion_mnist
-    d, counts = verify_fashion_mnist(args.data_dir)
+    d, counts = verify_fashion_mnist(args.data_dir, download=not args.no_download)
     print(f"FashionMNIST: {d} (SHA-256 verified; {counts['train']} train, {counts['test']} test images)")
 
 
@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="find (or fetch) FashionMNIST and verify it")
     p.add_argument("--data-dir")
+    p.add_argument("--no-download", action="store_true", help="only look for it; fail instead of downloading")
     p.set_defaults(fn=cmd_data)
 
     p = sub.add_parser("train", help="train a preset")
