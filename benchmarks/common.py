@@ -6,8 +6,9 @@ The scripts import it as `from common import ...`: benchmarks/ is on sys.path wh
 """
 from __future__ import annotations
 
+from ddpmlab.runtime import machine  # noqa: F401  (the scripts import it from here)
+
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -73,20 +74,6 @@ def named(items: list[str], flag: str) -> dict[str, list[str]]:
             raise SystemExit(f"{flag} {item!r}: expected NAME=ARGS with a new name of letters, digits, '-', '_', '.'")
         out[name] = shlex.split(rest)
     return out
-
-
-def machine() -> str:
-    """One line naming what a result was measured on: CPU model, cores, torch's threads, OS, torch."""
-    import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}; {platform.platform()}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
 def command_line() -> str:

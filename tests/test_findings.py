@@ -88,7 +88,9 @@ def test_a_collapse_counts_only_after_a_healthy_epoch():
 
 
 def test_studies_decide_g_and_h_and_are_named_when_missing():
-    assert "init_study.py" in F.initialisation({}).evidence
+    assert "ddpmlab reproduce" in F.initialisation({}).evidence
+    short = {"init": {"steps": 5, "seeds": [0], "variants": {"ddpmlab": {"loss_at": {"1": 1.0, "10": None}}}}}
+    assert "1.000 at step 1" in F.initialisation(short).evidence and "step 10" not in F.initialisation(short).evidence
     at = lambda a, b, c: {"loss_at": {"1": a, "10": b, "100": c}}       # noqa: E731
     init = {"init": {"steps": 100, "seeds": [0, 1], "variants": {"ddpmlab": at(1.0, 0.3, 0.06),
                                                                   "pytorch-default": at(9.0, 0.6, 0.07)}}}

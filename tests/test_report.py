@@ -12,7 +12,8 @@ TINY_BUDGET = R.Budget({"resnet": {"channels": 8, "num_blocks": 2, "time_dim": 1
                       {"epochs": 2, "subset": 128, "batch_size": 32, "snapshot_steps": 2, "snapshot_per_class": 2,
                        "device": "cpu"},
                       {"n": 40, "sampler": "ddim", "steps": 3}, "A tiny budget.",
-                      per_preset={"unet-input": {"sampling": {"sampler": "ddim", "steps": 2, "guidance": 0.5}}})
+                      per_preset={"unet-input": {"sampling": {"sampler": "ddim", "steps": 2, "guidance": 0.5}}},
+                      studies={"init": {"steps": 3, "seeds": 1, "batch": 16, "model": {"channels": 8, "num_blocks": 2}}})
 
 
 @pytest.fixture
@@ -45,25 +46,21 @@ def test_reproduce_writes_report_and_skips_finished_runs(tmp_path, tiny_budget, 
     assert "### (c) Class embeddings make classes askable:" in text and "cond_acc" in text
     assert "### (d) UNet with the class at the input only" in text
     assert "finding-confusion-unets.png" in text and (tmp_path / "figures" / "finding-confusion-unets.png").is_file()
-    assert "init_study.py" in text                      # (g): not measured yet, and says how to
+    # the budget's studies run inside reproduce, and their findings enter the report
+    init = json.loads((tmp_path / "studies" / "init.json").read_text())
+    assert init["steps"] == 3 and init["command"] == "ddpmlab reproduce --budget quick"
+    assert "### (g) The basic model's initialisation is suboptimal: not measured" not in text
+    assert "finding-study-init.png" in text
     timing = json.loads((tmp_path / "timing.json").read_text())["seconds"]
-    assert set(timing) == {f"train {p}" for p in presets} | {"evaluate and report"}
-    # interrupted or not, a second call trains nothing and reuses the cached evaluations; a
-    # study written into OUT/studies since then enters the findings
+    assert set(timing) == {f"train {p}" for p in presets} | {"study init", "evaluate and report"}
+    # interrupted or not, a second call trains nothing, redoes no study and reuses the cached evaluations
     mtimes = {p: (tmp_path / "runs" / p / "checkpoint.json").stat().st_mtime for p in presets}
-    studies = tmp_path / "studies"
-    studies.mkdir()
-    shutil.copyfile(tmp_path / "figures" / "finding-confusion-unets.png", studies / "init.png")
-    at = {"1": 9.0, "10": 0.9, "100": 0.1}
-    (studies / "init.json").write_text(json.dumps({"steps": 100, "seeds": [0], "variants": {
-        "ddpmlab": {"loss_at": {"1": 1.0, "10": 0.3, "100": 0.06}}, "pytorch-default": {"loss_at": at}}}))
+    study_mtime = (tmp_path / "studies" / "init.json").stat().st_mtime
     caplog.set_level("INFO")
     R.reproduce(tmp_path, "quick", presets=presets, progress=False)
     assert "resnet-basic: finished earlier, skipped" in caplog.text
     assert mtimes == {p: (tmp_path / "runs" / p / "checkpoint.json").stat().st_mtime for p in presets}
-    text = md.read_text()
-    assert "### (g) The basic model's initialisation is suboptimal: reproduced" in text
-    assert "finding-study-init.png" in text
+    assert (tmp_path / "studies" / "init.json").stat().st_mtime == study_mtime
     assert json.loads((tmp_path / "timing.json").read_text())["seconds"]["train resnet-basic"] == \
         timing["train resnet-basic"]                    # a skipped run adds no training time
 
@@ -108,5 +105,8 @@ def test_report_of_a_shipped_model_draws_its_samples_and_process(tmp_path):
     figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
     preset = load_config(resolve_run("fmnist")).preset    # figures are named by the preset
     assert f"{preset}-samples.png" in figures and f"{preset}-process.png" in figures, figures
+    # titled for its model and the preset its card names, not as the regenerated write-up
+    title = (tmp_path / "REPORT.md").read_text().splitlines()[0]
+    assert title == "# ddpmlab report: fmnist (preset cpu)" and preset == "cpu"
     md = (tmp_path / "REPORT.md").read_text()
     assert f"{preset}-samples.png" in md and f"{preset}-process.png" in md

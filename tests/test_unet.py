@@ -141,7 +141,7 @@ def test_odd_sizes_and_rgb_and_attention():
 
 
 def test_conv_nearest_convolves_on_the_coarse_grid_then_upsamples():
-    """upsample="conv-nearest" (unet-lite): each Upsample convolves at the lower resolution, to
+    """upsample="conv-nearest" (the cpu presets): each Upsample convolves at the lower resolution, to
     the level's own width, then repeats pixels; the write-up's "nearest-conv" convolves after."""
     for size in (28, 7):   # 7 -> 4 -> 7: the odd size is upsampled to the skip's shape
         x, t = inputs(2, size)
@@ -164,7 +164,7 @@ def test_conv_nearest_convolves_on_the_coarse_grid_then_upsamples():
                 assert torch.equal(o, o[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1))
     assert count_parameters(tiny(upsample="conv-nearest")) < count_parameters(tiny())
     assert "upsample" not in to_dict(ModelConfig(arch="unet"))   # old runs' config.json unchanged
-    assert get_preset("unet-lite").model.upsample == "conv-nearest"
+    assert get_preset("cpu").model.upsample == "conv-nearest"
     with pytest.raises(ConfigError, match="upsample"):
         ModelConfig(arch="unet", upsample="bilinear").validate()
 
@@ -461,27 +461,19 @@ def test_cli_trains_the_faces_preset_on_a_folder(tmp_path, cache, capsys):
     assert "--data-dir" in capsys.readouterr().err
 
 
-def test_unet_coarse_is_unet_lite_with_its_width_moved_down_and_attention():
-    lite, coarse = get_preset("unet-lite").model, get_preset("unet-coarse").model
-    changed = {k for k in lite.__dict__ if getattr(lite, k) != getattr(coarse, k)}
-    assert changed == {"channels", "channel_mults", "attention"}
-    widths = [coarse.channels * m for m in coarse.channel_mults]
-    assert widths == [24, 72, 144] and coarse.attention
-    model = build_model(coarse)
-    assert model.attn is not None and model.stem.out_channels == 24
-    x = torch.randn(2, 1, 28, 28)
-    assert model(x, torch.tensor([10, 900]), torch.tensor([0, 10])).shape == x.shape
-
-
-def test_unet_mini_is_unet_lite_narrowed_at_the_coarse_levels_and_trained_at_batch_32():
-    lite, mini = get_preset("unet-lite"), get_preset("unet-mini")
-    changed = {k for k in lite.model.__dict__ if getattr(lite.model, k) != getattr(mini.model, k)}
-    assert changed == {"channel_mults"}
-    assert [mini.model.channels * m for m in mini.model.channel_mults] == [32, 32, 64]
-    assert mini.train == {**lite.train, "batch_size": 32}
-    assert make_run_config("unet-mini", recipe="fast").train.batch_size == 32      # the recipe keeps it
-    assert make_run_config("unet-mini", batch_size=64).train.batch_size == 64       # --batch-size wins
-    model = build_model(mini.model)
-    assert count_parameters(model) < count_parameters(build_model(lite.model)) / 2
-    x = torch.randn(2, 1, 28, 28)
-    assert model(x, torch.tensor([10, 900]), torch.tensor([0, 10])).shape == x.shape
+def test_retired_preset_names_load_the_networks_they_named(capsys):
+    """Old run directories and the shipped models name presets of earlier versions (fmnist-v1's
+    config.json says unet-small): the alias table must rebuild exactly the network whose weights
+    they hold, while `ddpmlab presets` lists only today's names."""
+    from safetensors.torch import load_file
+    from ddpmlab.run import load_config, resolve_run
+    for run, names in (("fmnist-v1", ("unet-small",)), ("fmnist", ("cpu", "unet-coarse"))):
+        weights = load_file(resolve_run(run) / "ema.safetensors")
+        for name in names:
+            build_model(get_preset(name).model).load_state_dict(weights, strict=True)
+    assert load_config(resolve_run("fmnist-v1")).model == get_preset("unet-small").model
+    assert make_run_config("unet-mini").train.batch_size == make_run_config("cpu-mini").train.batch_size == 32
+    assert make_run_config("cpu-mini", batch_size=64).train.batch_size == 64         # --batch-size wins
+    assert cli.main(["presets"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert "cpu" in listed and "cpu-mini" in listed and not {"unet-small", "unet-lite", "unet-coarse", "unet-mini"} & set(listed)

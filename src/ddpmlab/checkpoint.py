@@ -11,7 +11,7 @@ reader follows the manifest and checks every file against it, so it sees the old
 checkpoint or the new complete one, never a mix. The previous checkpoint is removed only after
 the new one is published; leftovers of an interrupted save are removed at the next start.
 
-Runs written before the manifest (the shipped `fmnist-v1`, `checkpoints/fmnist-v1`) keep their files
+Runs written before the manifest (the shipped `fmnist-v1`) keep their files
 at the top of the run directory and still load.
 """
 from __future__ import annotations

@@ -136,7 +136,7 @@ def train_classifier(out=PRETRAINED, *, epochs: int = 4, batch_size: int = 128, 
                      subset: int | None = None, progress: bool = True) -> dict:
     """Adam with a one-cycle learning rate (warm-up, cosine down to ~0) and random horizontal
     flips; a fixed number of epochs, no selection on the test set. Returns the training record.
-    The shipped weights: 4 epochs, seed 0 (their accuracy: `ddpmlab classifier test`; README)."""
+    The shipped weights: 4 epochs, seed 0 (their accuracy: `ddpmlab classifier test`; docs/results.md)."""
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ConfigError("epochs and batch size must be >= 1 and lr > 0")
     torch.manual_seed(seed)                             # initialisation

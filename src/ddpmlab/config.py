@@ -213,7 +213,7 @@ class TrainConfig:
 # presets keep the write-up's recipe (TrainConfig's defaults) unless a recipe is asked for.
 #
 # "fast", chosen from the literature and measured only as a whole, against the write-up's recipe
-# (README, "Quality per CPU-minute"):
+# (benchmarks/time_to_quality.py; docs/results.md, "Time to quality"):
 #   - v-prediction (Salimans & Ho 2022): the target has unit variance at every noise level, so the
 #     network is neither asked for eps at low SNR (where it barely matters) nor x0 from eps at high
 #     SNR; the usual partner of min-SNR and of few-step samplers.
@@ -294,25 +294,22 @@ register(Preset("unet-cbn", "UNet; the class embedding also feeds the conditiona
                 _unet(num_classes=10, class_dim=4, class_cond="cbn"), train=dict(_GUIDED)))
 register(Preset("unet-block", "UNet; per-block class projection between the two convs, GroupNorm (the fix)",
                 _unet(norm="group", num_classes=10, class_dim=64, class_cond="block"), train=dict(_GUIDED)))
-register(Preset("unet-small", "unet-block's design sized for a CPU: 32 channels, one block per level (the shipped model)",
-                ModelConfig(arch="unet", channels=32, channel_mults=(1, 2, 4), blocks_per_level=1, time_dim=128,
-                            norm="group", num_classes=10, class_dim=32, class_cond="block"),
-                train=dict(_GUIDED)))
-register(Preset("unet-lite", "unet-small with its upsampling convolutions on the coarse grid, narrowed to the level's width",
-                dataclasses.replace(PRESETS["unet-small"].model, upsample="conv-nearest"), train=dict(_GUIDED)))
-# unet-lite's step budget spent where the GPU sweep of session 13 found it paid (README, "A sweep on
-# a GPU"): a narrower 28x28 level and wider coarse ones (24, 72, 144 channels against 32, 64, 128),
-# and self-attention at 7x7; 0.317 GFLOP a forward against 0.295
-register(Preset("unet-coarse", "unet-lite with its width moved to the coarse levels (24, 72, 144) and attention at 7x7",
-                dataclasses.replace(PRESETS["unet-lite"].model, channels=24, channel_mults=(1, 3, 6), attention=True),
-                train=dict(_GUIDED)))
-# The other way, for runs of minutes (README, "The race again"): a third of unet-lite's parameters,
-# its coarse levels as narrow as its top one (32, 32, 64 channels). A short run is limited by the
-# steps it can afford, not by capacity, so a cheaper step wins there, as unet-lite beat unet-coarse.
-# Batch 32: on a 2-core CPU these small nets train about as many images a second at 32 as at 64,
-# so the half batch buys twice the steps.
-register(Preset("unet-mini", "unet-lite at widths 32, 32, 64 and batch 32: for runs of minutes (--minutes 12)",
-                dataclasses.replace(PRESETS["unet-lite"].model, channel_mults=(1, 1, 2)),
+# Two networks named for their use rather than their design: unet-block's layers at the widths a
+# laptop CPU affords. Both upsample on the coarse grid ("conv-nearest": the up path's convolution runs
+# at the lower resolution, narrowed to the level's width), which saves FLOPs at full resolution.
+_CPU_UNET = ModelConfig(arch="unet", channels=24, channel_mults=(1, 3, 6), blocks_per_level=1, time_dim=128,
+                        norm="group", num_classes=10, class_dim=32, class_cond="block", attention=True,
+                        upsample="conv-nearest")
+# cpu: a narrow 28x28 level, wide coarse levels and self-attention at 7x7, where a forward's FLOPs are
+# cheap; the shipped fmnist is this network.
+register(Preset("cpu", "the recommended network for a laptop CPU (the shipped fmnist): unet-block's design at "
+                "widths 24, 72, 144, attention at 7x7",
+                _CPU_UNET, train=dict(_GUIDED)))
+# cpu-mini: a run of minutes is limited by the optimiser steps it can afford, not by capacity, so a
+# cheaper step wins: the coarse levels as narrow as the top one. Batch 32: on a 2-core CPU these small
+# nets train about as many images a second at 32 as at 64, so the half batch buys twice the steps.
+register(Preset("cpu-mini", "for runs of minutes (--minutes 12): unet-block's design at widths 32, 32, 64, batch 32",
+                dataclasses.replace(_CPU_UNET, channels=32, channel_mults=(1, 1, 2), attention=False),
                 train={**_GUIDED, "batch_size": 32}))
 register(Preset("unet-faces64", "64x64 RGB UNet, GroupNorm + timestep embedding; a folder of faces (--data-dir)",
                 ModelConfig(arch="unet", image_size=64, in_channels=3, channels=96, channel_mults=(1, 2, 3, 4),
@@ -320,7 +317,23 @@ register(Preset("unet-faces64", "64x64 RGB UNet, GroupNorm + timestep embedding;
                 train={"data": "folder", "epochs": 4}))
 
 
+# Names of earlier versions, so that their run directories, the shipped models' configs and old
+# commands still resolve: retired name -> (preset it became, model overrides that rebuild it exactly).
+RETIRED_PRESETS: dict[str, tuple[str, dict]] = {
+    "unet-coarse": ("cpu", {}),
+    "unet-mini": ("cpu-mini", {}),
+    "unet-lite": ("cpu", {"channels": 32, "channel_mults": (1, 2, 4), "attention": False}),
+    "unet-small": ("cpu", {"channels": 32, "channel_mults": (1, 2, 4), "attention": False,
+                           "upsample": "nearest-conv"}),
+}
+
+
 def get_preset(name: str) -> Preset:
+    if name in RETIRED_PRESETS:
+        current, overrides = RETIRED_PRESETS[name]
+        p = get_preset(current)
+        return Preset(name, f"retired name: {current} with {overrides}" if overrides else f"retired name of {current}",
+                      dataclasses.replace(p.model, **overrides), p.diffusion, p.train)
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
     p = PRESETS[name]

@@ -261,7 +261,7 @@ def ddim(eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, noise, clip:
     guided-diffusion do; diffusers' use_clipped_model_output=True). Pairing the clipped x0 with
     the network's raw eps steps off the trajectory whenever the clip bites, and more so the more
     steps are taken: on the shipped model after one epoch that made DDIM-50 worse than DDIM-20
-    (fd 27.0 vs 22.1)."""
+    (docs/experiments.md)."""
     ts = list(timesteps)
     for i, t in enumerate(ts):
         prev = ts[i + 1] if i + 1 < len(ts) else -1
@@ -485,7 +485,7 @@ def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: s
 
     batch_size None: 256 on accelerators, 64 on a CPU, where big batches are slower per image
     (activations past glibc's 32 MB mmap threshold are mapped and page-faulted afresh by every op):
-    benchmarks/sample_batch_size.py measures it; README quotes it), and guidance doubles the batch
+    docs/experiments.md), and guidance doubles the batch
     the network sees off a CPU (on a CPU it makes two passes, `guided_eps`)."""
     fn = get_sampler(sampler)
     if batch_size is None:

@@ -1,8 +1,8 @@
 """The write-up's findings (a)-(h), each checked against runs and given a verdict.
 
 Pure functions of what `report` has already gathered: per-preset run summaries (report.run_summary),
-evaluations (evaluate's result dicts), each run's metrics records, and the studies that scripts in
-benchmarks/ write into OUT/studies/*.json. Nothing here trains, samples or draws: each finding
+evaluations (evaluate's result dicts), each run's metrics records, and the studies that
+ddpmlab.studies writes into OUT/studies/*.json. Nothing here trains, samples or draws: each finding
 names the figures that decide it and `report` draws them.
 
 A difference counts only when it clears the noise of one evaluation: fd must differ by at least
@@ -65,7 +65,7 @@ def _fmt(v, spec=".2f"):
 
 
 def read_studies(out: Path) -> dict:
-    """name -> the JSON a benchmarks/ study wrote into OUT/studies/NAME.json (unreadable: skipped)."""
+    """name -> the JSON a study (ddpmlab.studies) wrote into OUT/studies/NAME.json (unreadable: skipped)."""
     studies = {}
     for p in sorted((Path(out) / "studies").glob("*.json")):
         try:
@@ -222,7 +222,7 @@ def unet_collapse(s: dict, metrics: dict, studies: dict) -> Finding:
     study = studies.get("collapse")
     if study:
         for name, run in study.get("runs", {}).items():
-            seen.append(f"{name} {run.get('epochs')} epochs ({run.get('images', 0):,} images, benchmarks/collapse_study.py)")
+            seen.append(f"{name} {run.get('epochs')} epochs ({run.get('images', 0):,} images, the collapse study)")
             if run.get("collapsed_at"):
                 found.append(f"{name} epoch {run['collapsed_at']}")
     if not seen:
@@ -239,7 +239,7 @@ def unet_collapse(s: dict, metrics: dict, studies: dict) -> Finding:
     if study and study.get("conclusion"):
         ev += ". " + study["conclusion"][:1].upper() + study["conclusion"][1:]   # a sentence of its own
     caveat = "" if longest >= 25 else (f"The longest UNet run here has {longest} epochs; the write-up's collapse came "
-                                       "after epoch 5 and was complete by 25: run benchmarks/collapse_study.py.")
+                                       "after epoch 5 and was complete by 25: run `ddpmlab reproduce --budget standard`.")
     return Finding("f", claim, verdict, ev,
                    ["monitor-unets", "snapshots-unets"] + (["study-collapse"] if study else []), caveat)
 
@@ -249,11 +249,12 @@ def initialisation(studies: dict) -> Finding:
     st = studies.get("init")
     if not st:
         return Finding("g", claim, NOT_MEASURED,
-                       "run `python benchmarks/init_study.py --out OUT/studies`")
+                       "run `ddpmlab reproduce` (its init study)")
     v = st["variants"]
     ours, default = v.get("ddpmlab"), v.get("pytorch-default")
-    parts = [f"{name}: loss {d['loss_at'].get('1', 0):.3f} at step 1, {d['loss_at'].get('10', 0):.3f} at 10, "
-             f"{d['loss_at'].get('100', 0):.3f} at 100" for name, d in v.items()]
+    # a short study (the quick budget's) has no loss at the later steps: name only those it reached
+    parts = [f"{name}: loss " + ", ".join(f"{x:.3f} at step {k}" for k, x in d["loss_at"].items() if x is not None)
+             for name, d in v.items()]
     verdict = NOT_REPRODUCED
     if ours and default:
         early = _ratio(default["loss_at"].get("10"), ours["loss_at"].get("10"))
@@ -271,7 +272,7 @@ def good_bugs(studies: dict) -> Finding:
     st = studies.get("good_bugs")
     if not st:
         return Finding("h", claim, NOT_MEASURED,
-                       "run `python benchmarks/good_bugs.py --out OUT/studies`")
+                       "run `ddpmlab reproduce` (its good-bugs study)")
     v = st["variants"]
     base = v.get("ddpmlab", {})
     parts, hurt = [], []

@@ -46,8 +46,10 @@ SECTIONS = {
     "unet-block": ("UNet: a class layer in every block (the fix)", "Every residual block adds its own projection "
                    "of the class embedding between its two convolutions; GroupNorm replaces the conditional "
                    "BatchNorm."),
-    "unet-small": ("UNet sized for a CPU", "unet-block's design with 32 channels and one block per level: "
-                   "quality per CPU FLOP."),
+    "cpu": ("UNet for a CPU", "unet-block's design at widths 24, 72 and 144 with attention at 7x7: the network "
+            "recommended for a laptop CPU, and the shipped fmnist's."),
+    "cpu-mini": ("UNet for runs of minutes", "unet-block's design at widths 32, 32 and 64, batch 32: the cheapest "
+                 "step, for runs of minutes."),
     "unet-faces64": ("Faces, 64x64", "A 43M-parameter UNet on a folder of face images."),
 }
 ORDER = list(SECTIONS)
@@ -153,10 +155,10 @@ FINDING_CAPTIONS = {
     "confusion-unets": "per requested class, the histogram of the classes the classifier sees",
     "monitor-unets": "the collapse monitor across epochs",
     "snapshots-unets": "snapshots from fixed noise across epochs",
-    "study-init": "the first training steps of resnet-basic under each initialisation (benchmarks/init_study.py)",
-    "study-good_bugs": "training loss with each good bug switched on (benchmarks/good_bugs.py)",
-    "study-good_bugs-samples": "samples from the same seeds, classes 0-9, per variant (benchmarks/good_bugs.py)",
-    "study-collapse": "long UNet runs under the collapse monitor (benchmarks/collapse_study.py)",
+    "study-init": "the first training steps of resnet-basic under each initialisation (the init study)",
+    "study-good_bugs": "training loss with each good bug switched on (the good-bugs study)",
+    "study-good_bugs-samples": "samples from the same seeds, classes 0-9, per variant (the good-bugs study)",
+    "study-collapse": "long UNet runs under the collapse monitor (the collapse study)",
 }
 
 
@@ -221,7 +223,7 @@ def same_seed_rows(runs: dict, path: Path, sampling: dict, n: int = 10) -> None:
 
 
 def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, steps: int | None = None,
-          guidance: float | None = None, evaluate: bool = True, title: str = "ddpmlab: the write-up, regenerated", intro: str = "",
+          guidance: float | None = None, evaluate: bool = True, title: str | None = None, intro: str = "",
           spacing: str | None = None, guidance_interval=None, sigma_max: float | None = None) -> list[Block]:
     run_dirs = [resolve_run(r) for r in runs]
     if not run_dirs:
@@ -238,6 +240,9 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
                 results[p] = cached_evaluate_run(d, n, sampler=sampler, steps=steps, guidance=guidance, spacing=spacing,
                                                  guidance_interval=guidance_interval, sigma_max=sigma_max)[0]
 
+    if title is None:      # titled for what it shows; only `reproduce` regenerates the write-up
+        names = [f"{r} (preset {p})" for r, p in zip(runs, [load_config(d).preset for d in run_dirs])]
+        title = f"ddpmlab report: {', '.join(map(str, names))}"
     blocks = [Block("heading", title, level=1)]
     if intro:
         blocks.append(Block("text", intro))

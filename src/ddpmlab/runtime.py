@@ -36,7 +36,7 @@ def keep_freed_memory() -> bool:
     serves big blocks with fresh mmap'd pages, above a threshold it adapts as it goes, and trims
     the heap once they are freed, so every step page-faults much of its activations in again.
     Serving every block under 32 MiB from the heap and never trimming it makes the steady state
-    fault-free (benchmarks/allocator.py measures the gain; README quotes it). The price: the process
+    fault-free (docs/experiments.md, "The allocator"). The price: the process
     keeps the memory of its peak, as PyTorch's CUDA allocator does on GPUs. The command line calls
     this once at start. Linux with glibc only; elsewhere, or with DDPMLAB_KEEP_FREED_MEMORY=0, it
     changes nothing and returns False.
@@ -54,7 +54,7 @@ def keep_freed_memory() -> bool:
 
 def cpu_has_native_bf16() -> bool:
     """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX). Without it, oneDNN
-    emulates bf16 and autocast is many times slower than fp32 (README, "Speed on a CPU")."""
+    emulates bf16 and autocast is many times slower than fp32 (docs/results.md)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -75,9 +75,9 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 
 def resolve_channels_last(name: str, device: torch.device, precision: str = "fp32", arch: str = "") -> bool:
-    """channels_last pays on CUDA tensor cores. On CPUs (benchmarks/preset_throughput.py; README
-    has the table) it gained nothing in fp32, and in bf16 it sped up the full-resolution ResNets
-    but slowed the UNets. So `auto` takes it on CUDA, and on a CPU for the ResNets in bf16 only."""
+    """channels_last pays on CUDA tensor cores. On CPUs (benchmarks/preset_throughput.py;
+    docs/results.md) it gains nothing in fp32, and in bf16 it speeds up the full-resolution ResNets
+    but slows the UNets. So `auto` takes it on CUDA, and on a CPU for the ResNets in bf16 only."""
     if name in ("on", "off"):
         return name == "on"
     return device.type == "cuda" or (device.type == "cpu" and precision == "bf16" and arch == "resnet")
@@ -159,3 +159,17 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def machine() -> str:
+    """One line naming what a result was measured on: CPU model, cores, torch's threads, GPU, OS, torch."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}; {platform.platform()}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}")

@@ -61,7 +61,7 @@ def make_run_config(preset: str, model_overrides: dict | None = None, *, recipe:
 
 def recipe_sampling(rc: RunConfig) -> C.SamplingConfig:
     """What a run trained with a recipe samples with unless told otherwise (its config.json
-    "sampling"), as measured on the recipe's models (README, "Quality per CPU-minute"): DPM-Solver++
+    "sampling"), as measured on the recipe's models (docs/results.md, "Time to quality"): DPM-Solver++
     steps spaced uniformly in log-SNR, which small images need far fewer of than trailing ones; on
     the cosine schedule from sigma 55, not from its top, where steps are spent on pure noise; and,
     for a model trained with null labels, guidance 0.3 only at the noise levels of the linear
@@ -181,7 +181,7 @@ class Trainer:
         if tc.compile:
             self.ddp = torch.compile(self.ddp)
         self.runlog = RunLog(self.run_dir, tc.tensorboard) if self.rank == 0 else None
-        # fused: one kernel for all parameters instead of a loop of small ops (README, "Speed on a CPU")
+        # fused: one kernel for all parameters instead of a loop of small ops (docs/experiments.md)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=self.device.type in ("cpu", "cuda"))
         self.plateau = self.make_plateau()
         self.gen = torch.Generator(self.device).manual_seed(tc.seed + 1_000_003 * self.rank)  # t, noise, label drop

@@ -52,14 +52,13 @@ class Norm(nn.Module):
         if isinstance(self.norm, nn.GroupNorm) and x.is_contiguous():
             # One fused kernel instead of a norm and an affine: fold the batch into the channels.
             # A (1, B*C, H, W) tensor in B*G groups has exactly the groups of (B, C, H, W) in G
-            # groups, and its per-channel affine is our per-sample scale and shift. With the SiLU
-            # after it, 2-3x faster forward and ~2x forward+backward than norm, then a
-            # broadcast affine (benchmarks/norm_layer.py measures it).
+            # groups, and its per-channel affine is our per-sample scale and shift: one fused kernel
+            # instead of a norm and then a broadcast affine (docs/experiments.md has the timing).
             B, C = x.shape[:2]
             y = F.group_norm(x.reshape(1, B * C, *x.shape[2:]), B * self.norm.num_groups,
                              (1 + scale).flatten().to(x.dtype), shift.flatten().to(x.dtype), self.norm.eps)
             return y.view_as(x)
-        # multiply-add rather than addcmul: the broadcasting bf16 addcmul's forward is 2x slower on CPUs
+        # multiply-add rather than addcmul: the broadcasting bf16 addcmul's forward is slower on CPUs
         return self.norm(x) * (1 + scale)[:, :, None, None] + shift[:, :, None, None]
 
 

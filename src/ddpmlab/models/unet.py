@@ -4,9 +4,10 @@
     unet-cbn      ... and also added to the conditioning vector of every conditional norm
     unet-block    every residual block has its own class projection, added between its two convs;
                   GroupNorm instead of BatchNorm
-    unet-small    unet-block sized for a CPU: 32 channels, one block per level
-    unet-lite     unet-small with upsample="conv-nearest": the up path's convolution runs on the
-                  coarse grid, narrowed to the level's width (0.29 GFLOP a forward, not 0.43)
+    cpu           unet-block's layers at widths 24, 72, 144, one block per level, attention at 7x7,
+                  upsample="conv-nearest" (the up path's convolution runs on the coarse grid,
+                  narrowed to the level's width)
+    cpu-mini      the same at widths 32, 32, 64, without attention
     unet-faces64  64x64 RGB, GroupNorm and timestep embedding, unconditional
 
 Layout (channel_mults=(1, 2, 2), 28x28): stem -> level 0 at 28x28 -> down -> level 1 at 14x14 ->
@@ -21,7 +22,7 @@ Two lessons of the write-up are built in:
   (tests/test_unet.py checks this with the tensors' version counters).
 
 Two ModelConfig switches, off in every preset, undo them to measure the write-up's "good bugs"
-(benchmarks/good_bugs.py trains the three side by side):
+(ddpmlab.studies.good_bugs trains the three side by side):
 - pool_first: between levels the down path is a 2x2 max pool (ceil_mode: 7 -> 4) instead of the
   learned strided convolution, so every level after the first begins with pooling the output of
   the level above. The skip is kept before the pool, so "pool at the end of level i" and "pool as

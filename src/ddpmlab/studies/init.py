@@ -1,32 +1,24 @@
-"""Finding g: does the write-up's very basic model start badly because of its initialisation?
+"""Finding (g): does the write-up's very basic model start badly because of its initialisation?
 ("The loss curve maybe shows some suboptimal initialization.")
 
-    .venv/bin/python benchmarks/init_study.py [--steps 100] [--seeds 3] [--batch 64] [--out runs/studies]
-
-resnet-basic (the noise level is not used at all) at the standard budget's size, 48 channels x 10
-blocks, trained for the first --steps optimiser steps by ddpmlab's own step (Trainer.train_step:
-Adam 1e-3, batch 64, the precision the budget trains in) on real FashionMNIST, reading the loss of
-every step; seeds 0..N-1. Within a seed every variant sees the same batches, timesteps and noise.
+resnet-basic (the noise level is not used at all) at the budget's size, trained for the first
+`steps` optimiser steps by ddpmlab's own step (Trainer.train_step: Adam 1e-3, the precision the
+budget trains in) on real FashionMNIST, reading the loss of every step; seeds 0..seeds-1. Within a
+seed every variant sees the same batches, timesteps and noise.
 
 Variants:
   ddpmlab                 the model as built: the last convolution of every residual branch (and
-                          every conditioning projection) zero-initialised, so each block starts as
-                          the identity
-  pytorch-default         every Conv2d and Linear given PyTorch's default initialisation again
-                          (reset_parameters): no zero-init, what a model written without it starts from
-  pytorch-default+warmup  the same with the learning rate warmed up linearly over the first 25 steps
-                          (then 1e-3, as the others): if the bad start is Adam's first full-size steps
-                          on a badly scaled network, warmup should remove most of it
+                          of every conditioning projection) starts at zero
+  pytorch-default         PyTorch's default initialisation of every convolution and linear layer
+  pytorch-default+warmup  the same, with a 25-step linear warmup of the learning rate
 
-Writes OUT/init.json (per variant: mean, min and max loss per step over the seeds, the mean at a
-few steps, the first step where the mean reaches 0.2 and 0.1) and OUT/init.png. About a minute per
-variant and seed on 2 CPU cores (bf16, ~115 images/s), 9 of them. --smoke: 2 steps, 1 seed, a tiny
-model (for the tests).
+Writes OUT/init.json (per-step losses: mean, min, max over seeds) and OUT/init.png. A result of the
+same size already there is kept.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -38,12 +30,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ddpmlab.data import load_fashion_mnist  # noqa: E402
-from ddpmlab.train import Trainer, make_run_config  # noqa: E402
-from common import ROOT, command_line, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from ..data import load_fashion_mnist  # noqa: E402
+from ..runtime import machine  # noqa: E402
+from ..train import Trainer, make_run_config  # noqa: E402
 
-MODEL = {"channels": 48, "num_blocks": 10}          # reproduce --budget standard's ResNets
-SMOKE_MODEL = {"channels": 8, "num_blocks": 2}
+log = logging.getLogger("ddpmlab.studies.init")
+
 WARMUP = 25
 LOSS_AT = (1, 10, 25, 50, 100)
 THRESHOLDS = ("0.2", "0.1")
@@ -116,40 +108,30 @@ def plot(result: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--precision", default="auto", help="auto (as the budget trains) | fp32 | bf16")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "studies"))
-    ap.add_argument("--smoke", action="store_true", help="2 steps, 1 seed, a tiny model (tests)")
-    args = ap.parse_args()
-    model = MODEL
-    if args.smoke:
-        args.steps, args.seeds, args.batch, model = 2, 1, 16, SMOKE_MODEL
-    out = Path(args.out)
+def run(out, *, steps: int, seeds: int, batch: int, model: dict, precision: str = "auto", command: str = "",
+        progress: bool = False) -> dict:
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_fashion_mnist("train").subset(args.steps * args.batch)   # one pass, no image twice
-    seeds = list(range(args.seeds))
-    result = {"finding": "g", "command": command_line(), "machine": machine(), "steps": args.steps, "seeds": seeds,
-              "preset": "resnet-basic", "model": model, "batch": args.batch, "variants": {}}
+    size = {"steps": steps, "seeds": list(range(seeds)), "model": model, "batch": batch}
+    try:
+        done = json.loads((out / "init.json").read_text())
+        if {k: done.get(k) for k in size} == size:
+            log.info("init study: finished earlier, skipped")
+            return done
+    except (OSError, ValueError):
+        pass
+    data = load_fashion_mnist("train").subset(steps * batch)   # one pass, no image twice
+    result = {"finding": "g", "command": command, "machine": machine(), "preset": "resnet-basic", **size,
+              "variants": {}}
     for name in VARIANTS:
         runs = []
-        for seed in seeds:
+        for seed in size["seeds"]:
             t0 = time.perf_counter()
-            runs.append(step_losses(name, seed, data, model, args.steps, args.batch, args.precision, out / "init-scratch"))
-            print(f"{name} seed {seed}: loss {runs[-1][0]:.3f} at step 1, {runs[-1][-1]:.3f} at step {args.steps} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            runs.append(step_losses(name, seed, data, model, steps, batch, precision, out / "init-scratch"))
+            log.info("init study: %s seed %d: loss %.3f at step 1, %.3f at step %d (%.0f s)", name, seed,
+                     runs[-1][0], runs[-1][-1], steps, time.perf_counter() - t0)
         result["variants"][name] = summarise(runs)
-    (out / "init.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "init.png", f"resnet-basic ({model['channels']} ch x {model['num_blocks']} blocks), first "
-                                   f"{args.steps} steps of batch {args.batch}: mean and min-max over {len(seeds)} seed(s)")
-    for name, v in result["variants"].items():
-        print(f"{name:24s} loss at " + ", ".join(f"{k}: {x:.3f}" for k, x in v["loss_at"].items() if x is not None)
-              + "; first step <= " + ", ".join(f"{t}: {s}" for t, s in v["steps_to_loss"].items()))
-    print(f"wrote {out / 'init.json'} and {out / 'init.png'}")
-
-
-if __name__ == "__main__":
-    main()
+                                   f"{steps} steps of batch {batch}: mean and min-max over {seeds} seed(s)")
+    (out / "init.json").write_text(json.dumps(result, indent=2) + "\n")   # last: marks the study complete
+    return result

@@ -1,12 +1,9 @@
-"""Finding h: the write-up's two UNet "good bugs", switched back on and measured.
+"""Finding (h): the write-up's two UNet "good bugs", switched back on and measured.
 
-    .venv/bin/python benchmarks/good_bugs.py [--epochs 2] [--subset 10000] [--n 500] [--out runs/studies]
-
-Three variants of the standard budget's unet-block (32 channels, mults 1,2,4, one block per level,
-time_dim 128, class_dim 32), each trained by ddpmlab's trainer (the write-up's recipe) for --epochs
-of the first --subset FashionMNIST images with the same seed, so the same data order, timesteps and
-noise, then evaluated as the standard budget evaluates (dpm++2m, 20 log-SNR steps, no guidance,
---n samples):
+Three variants of the budget's unet-block, each trained by ddpmlab's trainer (the write-up's
+recipe) for `epochs` of the first `subset` FashionMNIST images with the same seed, so the same data
+order, timesteps and noise, then evaluated as the standard budget evaluates (dpm++2m, 20 log-SNR
+steps, no guidance, `n` samples):
   ddpmlab           no bug
   residual-inplace  ModelConfig.residual_inplace, "tensors are CoW, so you need to copy them to keep
                     residuals": every skip is modified in place (an in-place SiLU) after it is kept
@@ -18,12 +15,12 @@ noise, then evaluated as the standard budget evaluates (dpm++2m, 20 log-SNR step
 Writes OUT/good_bugs/VARIANT/ (the runs), OUT/good_bugs.json, OUT/good_bugs.png (the loss curves)
 and OUT/good_bugs-samples.png (one sample of each class 0..9 per variant, the same seeds).
 Interrupted and started again, it resumes the unfinished run and skips finished ones; each run
-keeps its evaluation (RUN/eval) until its weights change. --smoke: a tiny model for the tests.
+keeps its evaluation (RUN/eval) until its weights change.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -34,37 +31,37 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ddpmlab import checkpoint, plots  # noqa: E402
-from ddpmlab.config import ConfigError  # noqa: E402
-from ddpmlab.data import FASHION_CLASSES  # noqa: E402
-from ddpmlab.evaluate import cached_evaluate_run  # noqa: E402
-from ddpmlab.models import build_model, count_parameters  # noqa: E402
-from ddpmlab.reproduce import is_finished  # noqa: E402
-from ddpmlab.run import load_config, read_metrics  # noqa: E402
-from ddpmlab.sample import load_run, sample  # noqa: E402
-from ddpmlab.train import make_run_config, train  # noqa: E402
-from common import ROOT, command_line, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from .. import checkpoint, plots  # noqa: E402
+from ..budgets import is_finished  # noqa: E402
+from ..config import ConfigError  # noqa: E402
+from ..data import FASHION_CLASSES  # noqa: E402
+from ..evaluate import cached_evaluate_run  # noqa: E402
+from ..models import build_model, count_parameters  # noqa: E402
+from ..run import load_config, read_metrics  # noqa: E402
+from ..runtime import machine  # noqa: E402
+from ..sample import load_run, sample  # noqa: E402
+from ..train import make_run_config, train  # noqa: E402
+
+log = logging.getLogger("ddpmlab.studies.good_bugs")
 
 PRESET = "unet-block"
-MODEL = {"channels": 32, "channel_mults": (1, 2, 4), "blocks_per_level": 1, "time_dim": 128, "class_dim": 32}
-SMOKE_MODEL = {"channels": 8, "channel_mults": (1, 2, 4), "blocks_per_level": 1, "time_dim": 16, "class_dim": 8}
 VARIANTS = {"ddpmlab": {}, "residual-inplace": {"residual_inplace": True}, "pool-first": {"pool_first": True}}
 EVALUATION = {"sampler": "dpm++2m", "steps": 20, "spacing": "logsnr", "guidance": 0.0}   # reproduce --budget standard
 SCORES = ("fd", "fd_floor", "cond_acc", "precision", "recall")
 
 
-def train_variant(run_dir: Path, rc) -> str:
+def train_variant(run_dir: Path, rc, progress: bool = False) -> str:
     """Train, resume or skip one run; what was done."""
     if (run_dir / "config.json").is_file():
         old = load_config(run_dir)
         if (old.model, old.train.subset) != (rc.model, rc.train.subset):
-            raise ConfigError(f"{run_dir} holds a run of another model or subset; choose another --out")
+            raise ConfigError(f"{run_dir} holds a run of another model or subset; choose another output folder")
     if is_finished(run_dir, rc.train.epochs):
         return "finished earlier, skipped"
     if checkpoint.exists(run_dir):   # this study's length wins over the interrupted run's
-        train(run_dir, resume=True, progress=False, epochs=rc.train.epochs, max_steps=rc.train.max_steps)
+        train(run_dir, resume=True, progress=progress, epochs=rc.train.epochs, max_steps=rc.train.max_steps)
         return "resumed"
-    train(run_dir, rc, progress=False)
+    train(run_dir, rc, progress=progress)
     return "trained"
 
 
@@ -103,40 +100,23 @@ def sample_rows(run_dirs: dict, path: Path, device: str) -> None:
                      title=f"classes {names}; seed 0, dpm++2m, 20 log-SNR steps")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--subset", type=int, default=10000, help="train on the first N FashionMNIST images")
-    ap.add_argument("--n", type=int, default=500, help="samples per evaluation")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "studies"))
-    ap.add_argument("--smoke", action="store_true", help="channels 8, 64 images, 1 epoch, n 20 (tests)")
-    args = ap.parse_args()
-    # the standard budget's snapshots; a loss record every 5 steps (default 25) gives the curves ~30 points an epoch
-    model, train_kw = MODEL, {"snapshot_steps": 20, "log_every": 5}
-    if args.smoke:
-        model, train_kw = SMOKE_MODEL, {"snapshot_steps": 0, "batch_size": 16, "log_every": 1}
-        args.epochs, args.subset, args.n = 1, 64, 20
-    out = Path(args.out)
+def run(out, *, epochs: int, subset: int, n: int, model: dict, train: dict, device: str = "auto",
+        command: str = "", progress: bool = False) -> dict:
+    out = Path(out)
     run_dirs = {name: out / "good_bugs" / name for name in VARIANTS}
-    result = {"finding": "h", "command": command_line(), "machine": machine(), "images": args.epochs * args.subset,
+    result = {"finding": "h", "command": command, "machine": machine(), "images": epochs * subset,
               "preset": PRESET, "model": {k: list(v) if isinstance(v, tuple) else v for k, v in model.items()},
-              "evaluation": {"n": args.n, **EVALUATION}, "variants": {}}
+              "evaluation": {"n": n, **EVALUATION}, "variants": {}}
     for name, switch in VARIANTS.items():
-        rc = make_run_config(PRESET, {**model, **switch}, device=args.device, epochs=args.epochs,
-                             subset=args.subset, **train_kw)
+        rc = make_run_config(PRESET, {**model, **switch}, device=device, epochs=epochs, subset=subset, **train)
         t0 = time.perf_counter()
-        done = train_variant(run_dirs[name], rc)
-        ev, _ = cached_evaluate_run(run_dirs[name], n=args.n, device=args.device, **EVALUATION)
+        done = train_variant(run_dirs[name], rc, progress)
+        ev, _ = cached_evaluate_run(run_dirs[name], n=n, device=device, **EVALUATION)
         result["variants"][name] = v = summary(run_dirs[name], ev)
-        print(f"{name}: {done}; {v['params']:,} parameters, final loss {v['final_loss']:.4f}, fd {v['fd']:.2f} "
-              f"(floor {v['fd_floor']:.2f}), cond_acc {v['cond_acc']:.3f} ({time.perf_counter() - t0:.0f} s)",
-              flush=True)
-    (out / "good_bugs.json").write_text(json.dumps(result, indent=2) + "\n")
+        log.info("good bugs: %s: %s; %s parameters, final loss %.4f, fd %.2f (floor %.2f), cond_acc %.3f (%.0f s)",
+                 name, done, f"{v['params']:,}", v["final_loss"], v["fd"], v["fd_floor"], v["cond_acc"],
+                 time.perf_counter() - t0)
     plot_losses(result["variants"], out / "good_bugs.png")
-    sample_rows(run_dirs, out / "good_bugs-samples.png", args.device)
-    print(f"wrote {out / 'good_bugs.json'}, {out / 'good_bugs.png'} and {out / 'good_bugs-samples.png'}")
-
-
-if __name__ == "__main__":
-    main()
+    sample_rows(run_dirs, out / "good_bugs-samples.png", device)
+    (out / "good_bugs.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -2,13 +2,10 @@
 or class label" after a few epochs? Long runs under the collapse monitor, then sampling-time
 ablations of the finished model.
 
-    .venv/bin/python benchmarks/collapse_study.py [--presets unet-cbn,unet-input] [--epochs 25]
-        [--subset 4000] [--out REPRO/studies]
-
-Each preset is the standard budget's design (`ddpmlab reproduce --budget standard`: 32 channels,
-one block per level, the write-up's recipe) trained for --epochs epochs of the first --subset
-FashionMNIST images, with the per-epoch snapshots and collapse monitor on. Runs live in
-OUT/collapse/PRESET and resume where they stopped (run it again after an interruption).
+Each preset is the budget's design (32 channels, one block per level at the standard budget, the
+write-up's recipe) trained for `epochs` epochs of the first `subset` FashionMNIST images, with the
+per-epoch snapshots and the collapse monitor on. Runs live in OUT/collapse/PRESET and resume where
+they stopped.
 
 Ablations of each finished run, on the monitor's 80 snapshot samples from the same seeds (a
 collapse that only shows under one of them names its cause):
@@ -17,46 +14,39 @@ collapse that only shows under one of them names its cause):
     ema+batch     EMA weights, BatchNorm normalising with each sampling batch's own statistics
     raw+running   the trained (not averaged) weights with their own running statistics
 
-Writes OUT/collapse.json and OUT/collapse.png; with OUT = REPRO/studies, `ddpmlab reproduce` and
-`ddpmlab report --out REPRO` use it for finding (f).
+Writes OUT/collapse.json and OUT/collapse.png.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import torch
 
-from ddpmlab import checkpoint, plots
-from ddpmlab.data import load_fashion_mnist
-from ddpmlab.diffusion import generate, make_schedule
-from ddpmlab.findings import collapse_epochs
-from ddpmlab.monitor import CollapseWatch, collapse_symptoms
-from ddpmlab.render import SNAPSHOT_SEEDS, image_seeds
-from ddpmlab.reproduce import BUDGETS, is_finished
-from ddpmlab.run import load_model, read_metrics
-from ddpmlab.train import snapshot_classifier, train
-from common import command_line, machine   # benchmarks/ is on sys.path when run as a script
+from .. import checkpoint, plots
+from ..budgets import is_finished
+from ..data import load_fashion_mnist
+from ..diffusion import generate, make_schedule
+from ..findings import collapse_epochs
+from ..monitor import CollapseWatch, collapse_symptoms
+from ..render import SNAPSHOT_SEEDS, image_seeds
+from ..run import load_model, read_metrics
+from ..runtime import machine
+from ..train import make_run_config, snapshot_classifier, train
+
+log = logging.getLogger("ddpmlab.studies.collapse")
 
 
-SMOKE = {"model": {"channels": 8, "time_dim": 16}, "train": {"batch_size": 16, "snapshot_steps": 2,
-                                                            "snapshot_per_class": 2}}
-
-
-def train_long(run_dir: Path, preset: str, epochs: int, subset: int, smoke: bool = False) -> None:
-    b = BUDGETS["standard"]
-    if smoke:
-        b = dataclasses.replace(b, model={"unet": {**b.model["unet"], **SMOKE["model"]}}, train=SMOKE["train"])
-    rc = b.run_config(preset, epochs=epochs, subset=subset)
+def train_long(run_dir: Path, preset: str, epochs: int, subset: int, model: dict, train_kw: dict,
+               progress: bool = False) -> None:
     if is_finished(run_dir, epochs):
         return
     if checkpoint.exists(run_dir):
-        train(run_dir, resume=True, epochs=epochs)
+        train(run_dir, resume=True, epochs=epochs, progress=progress)
     else:
-        train(run_dir, rc)
+        train(run_dir, make_run_config(preset, model, epochs=epochs, subset=subset, **train_kw), progress=progress)
 
 
 def ablations(run_dir: Path, per_class: int = 8, steps: int = 20) -> dict:
@@ -85,47 +75,35 @@ def ablations(run_dir: Path, per_class: int = 8, steps: int = 20) -> dict:
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--presets", default="unet-cbn,unet-input")
-    ap.add_argument("--epochs", type=int, default=25)
-    ap.add_argument("--subset", type=int, default=4000)
-    ap.add_argument("--out", default="runs/studies")
-    ap.add_argument("--smoke", action="store_true", help="a tiny unet-cbn, 2 epochs of 64 images (tests)")
-    args = ap.parse_args()
-    if args.smoke:
-        args.presets, args.epochs, args.subset = "unet-cbn", 2, 64
-    out = Path(args.out)
+def run(out, *, presets: list, epochs: int, subset: int, model: dict, train: dict, per_class: int = 8,
+        steps: int = 20, command: str = "", progress: bool = False) -> dict:
+    out = Path(out)
     runs = {}
-    for preset in args.presets.split(","):
+    for preset in presets:
         run_dir = out / "collapse" / preset
-        train_long(run_dir, preset, args.epochs, args.subset, args.smoke)
+        train_long(run_dir, preset, epochs, subset, model, train, progress)
         metrics = read_metrics(run_dir)
-        epochs = [m for m in metrics if m.get("kind") == "epoch"]
+        epoch_records = [m for m in metrics if m.get("kind") == "epoch"]
         sick = collapse_epochs(metrics)
-        runs[preset] = {"epochs": len(epochs), "images": epochs[-1]["step"] * 64 if epochs else 0,
+        batch = load_model(run_dir)[1].train.batch_size
+        runs[preset] = {"epochs": len(epoch_records), "images": epoch_records[-1]["step"] * batch if epoch_records else 0,
                         "collapsed_at": sick[0] if sick else None,
                         "per_epoch": [{k: m[k] for k in ("epoch", "step", "loss", "lr", "diversity", "label_separation",
-                                                         "adherence", "classes_predicted") if k in m} for m in epochs],
-                        "ablations": ablations(run_dir, per_class=2 if args.smoke else 8, steps=2 if args.smoke else 20)}
+                                                         "adherence", "classes_predicted") if k in m}
+                                      for m in epoch_records],
+                        "ablations": ablations(run_dir, per_class=per_class, steps=steps)}
         plots.plot_monitor({p: read_metrics(out / "collapse" / p) for p in runs}, out / "collapse.png")
     collapsed = {p: r["collapsed_at"] for p, r in runs.items() if r["collapsed_at"]}
     sick_ablations = {p: [a for a, s in r["ablations"].items() if s["symptoms"]] for p, r in runs.items()}
     conclusion = (f"collapsed: {collapsed}" if collapsed else
-                  f"no collapse in {args.epochs} epochs of {args.subset:,} images ({args.epochs * args.subset:,} images)")
+                  f"no collapse in {epochs} epochs of {subset:,} images ({epochs * subset:,} images)")
     if any(sick_ablations.values()):
         conclusion += f"; symptoms at the end only when sampled as {sick_ablations}"
     else:
         conclusion += "; the final models are healthy under every ablation (EMA or raw weights, running or batch statistics)"
-    result = {"finding": "f", "command": command_line(), "machine": machine(),
-              "epochs": args.epochs, "subset": args.subset, "runs": runs, "conclusion": conclusion}
+    result = {"finding": "f", "command": command, "machine": machine(),
+              "epochs": epochs, "subset": subset, "runs": runs, "conclusion": conclusion}
     out.mkdir(parents=True, exist_ok=True)
     (out / "collapse.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(conclusion)
-    for p, r in runs.items():
-        print(p, {a: {k: s.get(k) for k in ("diversity", "label_separation", "adherence")} for a, s in r["ablations"].items()})
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    log.info("collapse study: %s", conclusion)
+    return result
