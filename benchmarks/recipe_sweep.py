@@ -14,7 +14,7 @@ variants in about the time of one; on a CPU keep K=1, since two trainings on the
 spoil both. A rerun resumes unfinished runs and reuses finished evaluations. Output:
 OUT/sweep.md (a row per variant, a column per eval) and OUT/sweep.jsonl.
 
-Example, the sweep of session 13 on one GPU (README, "Quality per CPU-minute"): unet-lite's
+Example, the sweep of 2026-11 on one GPU (docs/experiments.md): unet-lite's
 60-CPU-minute budget is about 12,000 steps of 64.
 
     B="--preset unet-lite --recipe fast --schedule cosine --max-steps 12000 --snapshot-steps 0"

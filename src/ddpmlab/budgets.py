@@ -105,3 +105,12 @@ BUDGETS = {
 
 def is_finished(run_dir: Path, epochs: int) -> bool:
     return any(m.get("kind") == "epoch" and m["epoch"] >= epochs for m in read_metrics(run_dir))
+
+
+# `ddpmlab study collapse`: finding (f) at the write-up's own scale, too long for any budget (hours on
+# a CPU, resumable): its BatchNorm UNets at full size, its recipe (batch 64, Adam 1e-3, plateau
+# halving after 3 flat epochs, no warmup, no null labels), 25 epochs of all 60k images, with the
+# per-epoch snapshots epochE-classK.png and the collapse monitor.
+WRITEUP_COLLAPSE = {"presets": ["unet-cbn", "unet-input"], "epochs": 25, "subset": None, "model": {},
+                    "train": {"cond_drop": 0.0}}
+

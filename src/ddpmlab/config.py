@@ -269,13 +269,13 @@ def register(preset: Preset) -> Preset:
     return preset
 
 
-register(Preset("resnet-basic", "full-resolution residual net; the noise level is not used at all",
+register(Preset("resnet-basic", "write-up (a): full-resolution residual net; the noise level is not used at all",
                 _resnet(time_cond=False)))
-register(Preset("resnet-noise", "+ conditional BatchNorm: scale/shift from the noise-level embedding",
+register(Preset("resnet-noise", "write-up (a): + conditional BatchNorm, scale/shift from the noise-level embedding",
                 _resnet(time_cond=True)))
-register(Preset("resnet-spatial", "+ x, y, radius, angle coordinate channels at the input",
+register(Preset("resnet-spatial", "write-up (b): + x, y, radius, angle coordinate channels at the input",
                 _resnet(time_cond=True, spatial=True)))
-register(Preset("resnet-class", "+ learned 4-d class embedding concatenated to the input",
+register(Preset("resnet-class", "write-up (c): + learned 4-d class embedding concatenated to the input",
                 _resnet(time_cond=True, spatial=True, num_classes=10, class_dim=4)))
 
 
@@ -288,11 +288,11 @@ def _unet(**kw) -> ModelConfig:
 # branch; `--cond-drop 0` reproduces the write-up, which had no guidance.
 _GUIDED = {"cond_drop": 0.1}
 
-register(Preset("unet-input", "UNet; 4-d class embedding concatenated to the input once (write-up: 2 classes only)",
+register(Preset("unet-input", "write-up (d): UNet, 4-d class embedding concatenated to the input once (2 classes only)",
                 _unet(num_classes=10, class_dim=4, class_cond="input"), train=dict(_GUIDED)))
-register(Preset("unet-cbn", "UNet; the class embedding also feeds the conditional BatchNorms",
+register(Preset("unet-cbn", "write-up (e): UNet, the class embedding also feeds the conditional BatchNorms",
                 _unet(num_classes=10, class_dim=4, class_cond="cbn"), train=dict(_GUIDED)))
-register(Preset("unet-block", "UNet; per-block class projection between the two convs, GroupNorm (the fix)",
+register(Preset("unet-block", "write-up's fix: UNet, per-block class projection between the two convs, GroupNorm; for a GPU",
                 _unet(norm="group", num_classes=10, class_dim=64, class_cond="block"), train=dict(_GUIDED)))
 # Two networks named for their use rather than their design: unet-block's layers at the widths a
 # laptop CPU affords. Both upsample on the coarse grid ("conv-nearest": the up path's convolution runs
@@ -311,7 +311,7 @@ register(Preset("cpu", "the recommended network for a laptop CPU (the shipped fm
 register(Preset("cpu-mini", "for runs of minutes (--minutes 12): unet-block's design at widths 32, 32, 64, batch 32",
                 dataclasses.replace(_CPU_UNET, channels=32, channel_mults=(1, 1, 2), attention=False),
                 train={**_GUIDED, "batch_size": 32}))
-register(Preset("unet-faces64", "64x64 RGB UNet, GroupNorm + timestep embedding; a folder of faces (--data-dir)",
+register(Preset("unet-faces64", "beyond the write-up: 64x64 RGB UNet for a folder of faces (--data-dir)",
                 ModelConfig(arch="unet", image_size=64, in_channels=3, channels=96, channel_mults=(1, 2, 3, 4),
                             blocks_per_level=2, time_dim=512, norm="group"),
                 train={"data": "folder", "epochs": 4}))

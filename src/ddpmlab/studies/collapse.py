@@ -75,7 +75,7 @@ def ablations(run_dir: Path, per_class: int = 8, steps: int = 20) -> dict:
     return out
 
 
-def run(out, *, presets: list, epochs: int, subset: int, model: dict, train: dict, per_class: int = 8,
+def run(out, *, presets: list, epochs: int, subset: int | None, model: dict, train: dict, per_class: int = 8,
         steps: int = 20, command: str = "", progress: bool = False) -> dict:
     out = Path(out)
     runs = {}
@@ -96,7 +96,7 @@ def run(out, *, presets: list, epochs: int, subset: int, model: dict, train: dic
     collapsed = {p: r["collapsed_at"] for p, r in runs.items() if r["collapsed_at"]}
     sick_ablations = {p: [a for a, s in r["ablations"].items() if s["symptoms"]] for p, r in runs.items()}
     conclusion = (f"collapsed: {collapsed}" if collapsed else
-                  f"no collapse in {epochs} epochs of {subset:,} images ({epochs * subset:,} images)")
+                  f"no collapse in {epochs} epochs of {subset or 60000:,} images ({epochs * (subset or 60000):,} images)")
     if any(sick_ablations.values()):
         conclusion += f"; symptoms at the end only when sampled as {sick_ablations}"
     else:
