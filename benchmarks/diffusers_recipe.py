@@ -1,4 +1,5 @@
 """The recipe a user would pick instead: diffusers' own classes, trained as diffusers'
+Takes: as long as the budget it is given.
 unconditional training example (examples/unconditional_image_generation/train_unconditional.py)
 trains by default, made class-conditional with `num_class_embeds`, sampled with diffusers'
 `DPMSolverMultistepScheduler` at its defaults. The peer of benchmarks/time_to_quality.py.

@@ -1,4 +1,5 @@
 """Training images/s of each preset on this machine, per precision and memory format.
+Takes: under a minute per preset and setting, plus compilation with /compile.
 
     .venv/bin/python benchmarks/preset_throughput.py [--presets resnet-basic,...] [--steps 8] [--batch 64]
         [--settings fp32/off,bf16/off,bf16/off/compile,...] [--variant NAME=PRESET --set K=V ...] [--rounds R]

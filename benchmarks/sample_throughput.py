@@ -1,4 +1,5 @@
 """Sampling throughput: ddpmlab's unet-block against a parameter-matched diffusers UNet2DModel.
+Takes: a few minutes.
 
     .venv/bin/python benchmarks/sample_throughput.py [--n 64] [--steps 50] [--sampler ddim] [--precisions fp32]
 

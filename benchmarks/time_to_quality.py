@@ -1,4 +1,5 @@
 """Time to quality: the same CPU, the same wall-clock budgets, one harness.
+Takes: the sum of the contenders' largest budgets (40 minutes a baseline), plus under a minute per snapshot to evaluate.
 
     .venv/bin/python benchmarks/time_to_quality.py [--contenders writeup,fast] [--minutes 10,20,40,60]
         [--contender NAME=ARGS ...] [--out runs/ttq] [--n 1000] [--evaluate-only] [--sigma-max S]

@@ -1,4 +1,5 @@
 """Training throughput: ddpmlab's unet-block against a parameter-matched diffusers UNet2DModel.
+Takes: a few minutes.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 10] [--batch 64] [--precisions fp32,bf16]
 
