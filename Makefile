@@ -31,6 +31,7 @@ demo: data
 	$(DDPMLAB) evaluate fmnist --n 1000 --out $(DEMO)/eval.json
 	$(DDPMLAB) report fmnist --n 1000 --out $(DEMO)/report
 	@echo "demo done: look at $(DEMO)/samples.png, $(DEMO)/process.png, $(DEMO)/eval.json and $(DEMO)/report/report.html"
+	@echo "to play with the models in a browser: $(DDPMLAB) serve   (it prints the address, 127.0.0.1 only)"
 
 test: data browser
 	$(PY) -m pytest

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .config import SamplingConfig
 from .run import read_metrics
-from .train import make_run_config
+from .recipes import make_run_config
 
 LADDER = ["resnet-basic", "resnet-noise", "resnet-spatial", "resnet-class", "unet-input", "unet-cbn", "unet-block"]
 

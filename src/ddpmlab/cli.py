@@ -12,10 +12,6 @@ from .defaults import DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS, SAMPLE_PR
 EXIT_USAGE = 2
 
 
-class CliError(Exception):
-    pass
-
-
 _KIND = {int: "an integer", float: "a number", str: "a string"}
 
 
@@ -58,7 +54,8 @@ def cmd_data(args) -> None:
 def cmd_train(args) -> None:
     from pathlib import Path
 
-    from .train import make_run_config, train
+    from .recipes import make_run_config
+    from .train import train
     out = args.out or f"runs/{args.preset}"
     overrides = {k: v for k, v in dict(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps, seed=args.seed,
@@ -216,6 +213,24 @@ def cmd_reproduce(args) -> None:
     path = reproduce(args.out, args.budget, progress=not args.quiet)
     print(f"reproduce --budget {args.budget}: {(time.time() - t0) / 60:.1f} min; report: {path} and "
           f"{path.parent / 'report.html'}")
+
+
+def cmd_serve(args) -> None:
+    from .serve import serve       # imports Gradio (the ui extra) only now: --help stays fast
+    serve(args.runs, host=args.host, port=args.port)
+
+
+def cmd_study(args) -> None:
+    from .budgets import WRITEUP_COLLAPSE
+    from .studies import STUDIES
+    size = dict(WRITEUP_COLLAPSE)
+    if args.presets:
+        size["presets"] = args.presets.split(",")
+    if args.epochs:
+        size["epochs"] = args.epochs
+    r = STUDIES[args.name](args.out, command=" ".join(["ddpmlab", "study", args.name, "--out", str(args.out)]),
+                           progress=not args.quiet, **size)
+    print(f"study {args.name}: {r['conclusion']}; {args.out}/collapse.json, {args.out}/collapse.png")
 
 
 def _fmt(v, fmt="{:.3f}") -> str:
@@ -411,6 +426,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reproduce")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_reproduce)
+
+    p = sub.add_parser("study", help="a finding's study at the write-up's own scale (hours; rerun to resume)")
+    p.add_argument("name", choices=["collapse"], help="collapse: finding (f), the BatchNorm UNets for 25 epochs of 60k")
+    p.add_argument("--out", default="runs/study-collapse")
+    p.add_argument("--presets", help="comma-separated (default: unet-cbn,unet-input)")
+    p.add_argument("--epochs", type=int, help="default: 25")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_study)
+
+    p = sub.add_parser("serve", help="a local page: sample, watch the process, compare runs, read training")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="run directories or shipped model names (default: the shipped models and runs/*)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s, this machine only; 0.0.0.0: the network)")
+    p.add_argument("--port", type=int, help="default: the first free one from 7860")
+    p.set_defaults(fn=cmd_serve, quiet=True)       # no progress bars in the server's log
     return ap
 
 
@@ -420,28 +451,37 @@ def main(argv=None) -> int:
     from .runtime import keep_freed_memory, set_progress
     keep_freed_memory()
     set_progress(not getattr(args, "quiet", False))
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .run import RunError
     from .train import TrainingDiverged, TrainingInterrupted
     try:
         args.fn(args)
-    except (C.ConfigError, DataError, RunError, CheckpointError) as e:
-        print(f"ddpmlab: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as e:     # a full disk, a read-only folder, ...: one line naming the file, no traceback
-        import errno
-        where = e.filename or "?"
-        why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-        print(f"ddpmlab: error: {where}: {why}", file=sys.stderr)
-        return EXIT_USAGE
     except TrainingDiverged as e:
         print(f"ddpmlab: training diverged: {e}", file=sys.stderr)
         return 1
     except TrainingInterrupted as e:
         print(f"ddpmlab: {e}", file=sys.stderr)
         return 130
+    except Exception as e:
+        line = error_line(e)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return EXIT_USAGE
     return 0
+
+
+def error_line(e: BaseException) -> str | None:
+    """The one line a user sees for an error of their input or their disk (`ddpmlab: error: ...`,
+    exit 2), or None for one that is a bug and keeps its traceback. `serve` shows the same line."""
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .run import RunError
+    if isinstance(e, (C.ConfigError, DataError, RunError, CheckpointError)):
+        return f"ddpmlab: error: {e}"
+    if isinstance(e, OSError):     # a full disk, a read-only folder, ...: one line naming the file
+        import errno
+        why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+        return f"ddpmlab: error: {e.filename or '?'}: {why}"
+    return None
 
 
 if __name__ == "__main__":

@@ -107,14 +107,15 @@ def snapshots(model, schedule, cfg, snap_dir: Path, epoch: int, *, per_class: in
     return x
 
 
-def process_figure(model, schedule, cfg, path, *, n: int = 4, label: int | None = None, seed: int = 0,
-                   sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, columns: int = 10, device="cpu",
-                   class_names=None, **kw) -> None:
-    """Rows: samples; columns: x_t at ~`columns` evenly spaced steps from pure noise to the end,
-    each with the predicted x0 beneath it."""
+def process_frames(model, schedule, cfg, *, n: int = 4, label: int | None = None, seed: int = 0,
+                   sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, columns: int | None = 10,
+                   device="cpu", **kw) -> tuple[list, torch.Tensor | None]:
+    """The generation process of n samples (image i of `seed`, as `draw` makes it): frames
+    (t, x_t, x0_pred), each (n, C, H, W), at ~`columns` evenly spaced steps from pure noise (None:
+    every step), then (-1, final, final); and the labels."""
     labels = make_labels(cfg.num_classes, n, label)
     ts = make_timesteps(schedule.T, steps)
-    show = {round(i * (len(ts) - 1) / (columns - 2)) for i in range(columns - 1)}
+    show = range(len(ts)) if columns is None else {round(i * (len(ts) - 1) / (columns - 2)) for i in range(columns - 1)}
     frames = []
     state = {"x": PerImageNoise(image_seeds(seed, n))((n, cfg.in_channels, cfg.image_size, cfg.image_size))}  # x_T
 
@@ -127,6 +128,16 @@ def process_figure(model, schedule, cfg, path, *, n: int = 4, label: int | None 
     final = draw(model, schedule, cfg, n, labels=labels, seed=seed, sampler=sampler, steps=steps,
                    device=device, callback=keep, **kw)
     frames.append((-1, final, final))
+    return frames, labels
+
+
+def process_figure(model, schedule, cfg, path, *, n: int = 4, label: int | None = None, seed: int = 0,
+                   sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, columns: int = 10, device="cpu",
+                   class_names=None, **kw) -> None:
+    """Rows: samples; columns: x_t at ~`columns` evenly spaced steps from pure noise to the end,
+    each with the predicted x0 beneath it."""
+    frames, labels = process_frames(model, schedule, cfg, n=n, label=label, seed=seed, sampler=sampler, steps=steps,
+                                    columns=columns, device=device, **kw)
     names = None if labels is None else [(class_names or default_class_names(cfg.num_classes))[k]
                                          for k in labels.tolist()]
     plots.plot_process(frames, path, row_labels=names)

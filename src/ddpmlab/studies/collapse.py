@@ -34,7 +34,8 @@ from ..monitor import CollapseWatch, collapse_symptoms
 from ..render import SNAPSHOT_SEEDS, image_seeds
 from ..run import load_model, read_metrics
 from ..runtime import machine
-from ..train import make_run_config, snapshot_classifier, train
+from ..recipes import make_run_config
+from ..train import snapshot_classifier, train
 
 log = logging.getLogger("ddpmlab.studies.collapse")
 
