@@ -14,7 +14,8 @@ $PY -m ddpmlab train --preset unet-block --device cuda --precision bf16 --compil
 $PY - "$OUT/run" "$BATCH" <<'PYEOF'
 import json, statistics, sys
 import torch
-from ddpmlab.train import Trainer, make_run_config
+from ddpmlab.recipes import make_run_config
+from ddpmlab.train import Trainer
 from ddpmlab.data import load_fashion_mnist
 sys.path.insert(0, "benchmarks")
 from common import count_flops, median_time

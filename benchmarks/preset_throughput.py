@@ -24,7 +24,8 @@ from ddpmlab.config import PRESETS
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.models import count_parameters
 from ddpmlab.runtime import cpu_has_native_bf16, keep_freed_memory
-from ddpmlab.train import Trainer, make_run_config
+from ddpmlab.recipes import make_run_config
+from ddpmlab.train import Trainer
 from common import median_time, named, output_dir   # benchmarks/ is on sys.path when run as a script
 
 

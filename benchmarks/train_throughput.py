@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.models import count_parameters
 from ddpmlab.runtime import autocast, cpu_has_native_bf16, keep_freed_memory
-from ddpmlab.train import Trainer, make_run_config
+from ddpmlab.recipes import make_run_config
+from ddpmlab.train import Trainer
 from common import count_flops, diffusers_unet, median_time, output_dir   # benchmarks/ is on sys.path when run as a script
 
 

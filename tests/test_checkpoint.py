@@ -1,7 +1,6 @@
 """A checkpoint is one unit: killed or failed at any phase of a save, a run resumes to exactly
 the weights of an uninterrupted one, and a full disk is one line."""
 import errno
-import json
 import os
 import shutil
 import subprocess
@@ -11,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpmlab import checkpoint, cli
+from ddpmlab import checkpoint
 from ddpmlab.checkpoint import CheckpointError
-from ddpmlab.train import make_run_config, train
+from ddpmlab.recipes import make_run_config
+from ddpmlab.train import train
 
 TINY = ["channels=8", "num_blocks=2", "time_dim=16"]
 # 96 images, batch 32: 3 steps an epoch; 2 epochs save after epoch 1, after epoch 2 and at the end

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpmlab import checkpoint, cli
-from ddpmlab.train import make_run_config, train
+from ddpmlab import cli
+from ddpmlab.recipes import make_run_config
+from ddpmlab.train import train
 
 TINY = {"channels": 8, "num_blocks": 2, "time_dim": 16}
 

@@ -133,7 +133,7 @@ def test_npz_in_0_1_through_the_cli(tmp_path, real, capsys):
 def test_a_run_is_sampled_and_evaluated(tmp_path):
     from ddpmlab.models import build_model
     from ddpmlab.run import save_config, save_weights
-    from ddpmlab.train import make_run_config
+    from ddpmlab.recipes import make_run_config
     rc = make_run_config("resnet-class", {"channels": 8, "num_blocks": 1, "time_dim": 16}, device="cpu")
     model = build_model(rc.model)
     save_config(tmp_path, rc)
@@ -149,7 +149,7 @@ def _untrained_run(path, sampling=None):
     from ddpmlab.config import SamplingConfig
     from ddpmlab.models import build_model
     from ddpmlab.run import save_config, save_weights
-    from ddpmlab.train import make_run_config
+    from ddpmlab.recipes import make_run_config
     rc = make_run_config("unet-small", {"channels": 8, "channel_mults": (1, 2), "time_dim": 16}, device="cpu")
     if sampling:
         rc.sampling = SamplingConfig(**sampling)

@@ -7,7 +7,8 @@ import torch
 
 from ddpmlab import monitor
 from ddpmlab.data import to_model_range
-from ddpmlab.train import Trainer, make_run_config
+from ddpmlab.recipes import make_run_config
+from ddpmlab.train import Trainer
 
 UNET = {"channels": 8, "channel_mults": (1, 2), "blocks_per_level": 1, "time_dim": 16}
 

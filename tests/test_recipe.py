@@ -9,7 +9,8 @@ import torch
 from ddpmlab import checkpoint, cli
 from ddpmlab import config as C
 from ddpmlab.diffusion import Schedule, loss_fn, loss_weights, make_schedule, q_sample, sample_t, training_target
-from ddpmlab.train import EMA, Trainer, TrainingInterrupted, cosine_lr, make_run_config, train
+from ddpmlab.recipes import make_run_config
+from ddpmlab.train import EMA, Trainer, TrainingInterrupted, cosine_lr, train
 
 LINEAR = make_schedule()
 TINY = {"channels": 8, "num_blocks": 2, "time_dim": 16}

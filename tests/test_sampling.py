@@ -258,7 +258,7 @@ def test_sampling_config_new_fields_are_optional_and_checked():
 
 def test_sampling_settings_carry_spacing_and_interval():
     from ddpmlab.sample import sampling_settings
-    from ddpmlab.train import make_run_config
+    from ddpmlab.recipes import make_run_config
     rc = make_run_config("resnet-class")
     assert sampling_settings(rc) == ("dpm++2m", 20, 0.0, "trailing", None, None)
     rc.sampling = SamplingConfig(spacing="logsnr", guidance=0.3, guidance_interval=[10, 20], sigma_max=80.0)

@@ -10,7 +10,8 @@ from ddpmlab import checkpoint, cli
 from ddpmlab.config import ConfigError
 from ddpmlab.diffusion import loss_fn, make_schedule
 from ddpmlab.models import build_model
-from ddpmlab.train import Trainer, TrainingDiverged, make_run_config, train
+from ddpmlab.recipes import make_run_config
+from ddpmlab.train import Trainer, TrainingDiverged, train
 
 TINY = {"channels": 8, "num_blocks": 2, "time_dim": 16}
 

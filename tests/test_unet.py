@@ -19,7 +19,7 @@ from ddpmlab.models import build_model, count_parameters
 from ddpmlab.models.layers import Norm, ResBlock
 from ddpmlab.models.unet import Downsample, UNet
 from ddpmlab.run import load_weights, save_weights
-from ddpmlab.train import make_run_config
+from ddpmlab.recipes import make_run_config
 
 TINY = dict(arch="unet", channels=8, channel_mults=(1, 2), blocks_per_level=1, time_dim=16, class_dim=4)
 COMBOS = [(cc, norm) for cc in ("input", "cbn", "block") for norm in ("batch", "group")]

@@ -22,7 +22,7 @@ _WHERE = {
     "PRESETS": "config", "DiffusionConfig": "config", "ModelConfig": "config", "TrainConfig": "config",
     "get_preset": "config", "load_fashion_mnist": "data", "generate": "diffusion", "make_schedule": "diffusion",
     "build_model": "models", "count_parameters": "models", "load_run": "sample", "process": "sample",
-    "sample": "sample", "save_grid": "sample", "save_npz": "sample", "make_run_config": "train", "train": "train",
+    "sample": "sample", "save_grid": "sample", "save_npz": "sample", "make_run_config": "recipes", "train": "train",
 }
 __all__ = list(_WHERE)
 

@@ -332,7 +332,7 @@ def _dpmpp_multistep(order: int, eps_fn, schedule: Schedule, x: torch.Tensor, ti
 
 
 def dpmpp_2m(eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, noise=None, clip: bool = True,
-             callback: Callable | None = None, eta: float = 0.0, lower_order_final: bool | None = None) -> torch.Tensor:
+             callback: Callable | None = None, eta: float = 0.0) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a second-order multistep solver of the
     diffusion ODE in the data-prediction form, one network evaluation per step.
 
@@ -340,12 +340,11 @@ def dpmpp_2m(eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, noise=No
     h = lambda_t - lambda_s and D the x0 prediction (extrapolated from the last two):
         x_t = (sigma_t / sigma_s) x_s - alpha_t (exp(-h) - 1) D
     The first step is first order (no history yet); the last step, to sigma = 0, returns D of
-    first order, i.e. the clean-image prediction, whatever lower_order_final says (a second-order
-    step to sigma = 0 does not exist: h is infinite). So lower_order_final, DPM-Solver's and
-    diffusers' default below 15 steps, is what this solver always does; the argument is kept for
-    one signature with dpmpp_3m. Deterministic: `noise` and eta are unused."""
+    first order, i.e. the clean-image prediction (a second-order step to sigma = 0 does not exist:
+    h is infinite). So DPM-Solver's and diffusers' lower_order_final, their default below 15 steps,
+    is what this solver always does. Deterministic: `noise` and eta are unused."""
     return _dpmpp_multistep(2, eps_fn, schedule, x, timesteps, clip=clip, callback=callback,
-                            lower_order_final=lower_order_final)
+                            lower_order_final=False)
 
 
 def dpmpp_3m(eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, noise=None, clip: bool = True,
@@ -472,12 +471,11 @@ def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: s
              steps: int = DEFAULT_STEPS, eta: float | None = None, guidance: float = 0.0, null_label: int = 0,
              clip: bool = True, callback=None, device="cpu", batch_size: int | None = None,
              precision: str = "fp32", spacing: str | None = DEFAULT_SPACING, guidance_interval=None,
-             lower_order_final: bool | None = None, sigma_max: float | None = None,
-             autoguide: Autoguide | None = None) -> torch.Tensor:
+             sigma_max: float | None = None, autoguide: Autoguide | None = None) -> torch.Tensor:
     """Draw len(seeds) images of `shape` (C, H, W) in [-1, 1]; returns a float32 CPU tensor.
 
     spacing, sigma_max: of the timesteps (`make_timesteps`); guidance_interval (t_lo, t_hi): where guidance
-    applies (`guided_eps`); lower_order_final: of the DPM-Solver++ samplers (None: below 15 steps);
+    applies (`guided_eps`);
     autoguide: a weaker network that steps in its interval steer away from (`Autoguide`).
 
     precision "bf16": the network runs under bf16 autocast and its output is cast back, so the
@@ -492,8 +490,6 @@ def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: s
         batch_size = 64 if torch.device(device).type == "cpu" else 256
     ts = make_timesteps(schedule.T, steps, spacing, schedule, sigma_max)
     kw = {} if eta is None else {"eta": eta}
-    if sampler.startswith("dpm++"):
-        kw["lower_order_final"] = lower_order_final
     out = []
     # one tick per image and solver step; shown on a terminal while the command line allows it
     bar = progress_bar(total=len(seeds) * len(ts), desc=f"sampling ({sampler}, {len(ts)} steps)", unit="img-step")

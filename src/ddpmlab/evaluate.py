@@ -384,7 +384,3 @@ def inception_fid(images_u8: torch.Tensor, floor_u8: torch.Tensor, weights, devi
     return {"inception_fid": frechet_distance(*gauss(feats(images_u8)), *ref),
             "inception_fid_floor": frechet_distance(*gauss(feats(floor_u8)), *ref),
             "inception_note": f"Inception FID at 299x299 with {weights.name}"}
-
-
-# ---------------------------------------------------------------------------------------------
-# the table

@@ -89,10 +89,6 @@ def load_guide(run_dir: Path, rc: RunConfig, device) -> torch.nn.Module:
     return guide
 
 
-def _labels(run: LoadedRun, n: int, labels) -> torch.Tensor | None:
-    return render.make_labels(run.num_classes, n, labels)
-
-
 def sampling_settings(rc: RunConfig, sampler: str | None = None, steps: int | None = None,
                       guidance: float | None = None, spacing: str | None = None,
                       guidance_interval=None, sigma_max: float | None = None
@@ -131,7 +127,7 @@ def sample(run: LoadedRun, n: int, *, labels=None, sampler: str | None = None, s
         raise ConfigError(f"n must be >= 1, got {n}")
     sampler, steps, guidance, spacing, interval, sigma_max = sampling_settings(
         run.config, sampler, steps, guidance, spacing, guidance_interval, sigma_max)
-    y = _labels(run, n, labels)
+    y = render.make_labels(run.num_classes, n, labels)
     if guidance and run.num_classes and run.config.train.cond_drop == 0:
         log.warning("--guidance %g: %s was trained without label dropout (cond_drop 0), so its unconditional "
                     "branch (the null label) is untrained and guided samples are unreliable; train with "

@@ -24,7 +24,7 @@ from . import checkpoint
 from . import config as C
 from . import monitor, plots, render
 from .data import FASHION_CLASSES, ImageSet, load_dataset, to_model_range
-from .diffusion import loss_fn, make_schedule, timesteps_at_noise_of
+from .diffusion import loss_fn, make_schedule
 from .models import build_model, count_parameters
 from .run import RunConfig, RunLog, describe_run, load_config, load_weights, read_metrics, save_config
 from .runtime import (autocast, init_distributed, resolve_channels_last, resolve_device,
@@ -40,40 +40,6 @@ class TrainingDiverged(RuntimeError):
 
 class TrainingInterrupted(RuntimeError):
     pass
-
-
-def make_run_config(preset: str, model_overrides: dict | None = None, *, recipe: str | None = None,
-                    diffusion_overrides: dict | None = None, **train_overrides) -> RunConfig:
-    """A preset, then a named recipe (config.RECIPES), then `key=value` overrides of its model,
-    diffusion (e.g. prediction) and training settings."""
-    p = C.get_preset(preset)
-    r = C.get_recipe(recipe) if recipe else {"diffusion": {}, "train": {}}
-    model = C.from_dict(C.ModelConfig, {**C.to_dict(p.model), **(model_overrides or {})})
-    diffusion = C.from_dict(C.DiffusionConfig, {**C.to_dict(p.diffusion), **r["diffusion"],
-                                               **{k: v for k, v in (diffusion_overrides or {}).items() if v is not None}})
-    train = C.from_dict(C.TrainConfig, {**C.to_dict(C.TrainConfig()), **p.train, **r["train"],
-                                       **{k: v for k, v in train_overrides.items() if v is not None}})
-    rc = RunConfig(preset, model, diffusion, train)
-    if recipe:
-        rc.sampling = recipe_sampling(rc)
-    return rc
-
-
-def recipe_sampling(rc: RunConfig) -> C.SamplingConfig:
-    """What a run trained with a recipe samples with unless told otherwise (its config.json
-    "sampling"), as measured on the recipe's models (docs/results.md, "Time to quality"): DPM-Solver++
-    steps spaced uniformly in log-SNR, which small images need far fewer of than trailing ones; on
-    the cosine schedule from sigma 55, not from its top, where steps are spent on pure noise; and,
-    for a model trained with null labels, guidance 0.3 only at the noise levels of the linear
-    schedule's t 100..700, so the other steps cost one network pass. Second order, not third: 3M
-    paid on the hour-long models but not on a 12-minute one, which a recipe run may well be."""
-    s = C.SamplingConfig(sampler="dpm++2m", spacing="logsnr")
-    if rc.diffusion.schedule == "cosine":
-        s.sigma_max = 55.0
-    if rc.model.num_classes and rc.train.cond_drop > 0:
-        s.guidance = 0.3
-        s.guidance_interval = timesteps_at_noise_of(make_schedule(rc.diffusion), make_schedule(), 100, 700)
-    return s.validate()
 
 
 PLAN_FROM_STEP = 10       # --minutes: the pace is measured from here (the first steps allocate and warm caches)
@@ -136,79 +102,80 @@ class EMA:
             b_ema.copy_(b)
 
 
-class Trainer:
-    def __init__(self, run_dir, rc: RunConfig, data: ImageSet | None = None, progress: bool = True):
-        self.run_dir = Path(run_dir)
-        self.rc = rc
+class MinutesClock:
+    """--minutes: the run's wall clock, which counts from the trainer's construction (data loading
+    and model building included) and runs on across interruptions (the checkpoint's train_seconds),
+    not while stopped; and the run's length planned from it. `plan` is None, then {"from": [step,
+    seconds]} (where the pace is measured from), then also {"at": the step of the first plan (the
+    cosine decays from there), "steps": the planned length}."""
+
+    def __init__(self, minutes: float | None):
+        self.minutes = minutes
+        self.t_start, self.seconds_before = time.monotonic(), 0.0
+        self.plan = None
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.monotonic() - self.t_start
+
+    def planned(self) -> bool:
+        return self.plan is not None and "steps" in self.plan
+
+    def decay_from(self, step: int) -> int:
+        """The step where the cosine decay starts after the warmup: with --minutes, the first
+        plan's step (and, until there is one, not before the next step: the rate holds)."""
+        if not self.minutes:
+            return 0
+        return self.plan["at"] if self.planned() else step + 1
+
+    def due(self, step: int, warmup_steps: int) -> bool:
+        """After optimiser step `step`: whether to plan the length now. Unplanned, the pace is
+        measured from PLAN_FROM_STEP; the first plan comes at PLAN_AT_STEP, or at the end of the
+        warmup if later (the rate holds at its peak until then)."""
+        if not self.minutes or self.planned():
+            return False
+        if self.plan is None or step == PLAN_FROM_STEP:
+            self.plan = {"from": [step, self.seconds()]}
+            return False
+        return step >= max(PLAN_AT_STEP, warmup_steps)
+
+    def pace(self, step: int) -> tuple[float, float]:
+        """(seconds so far, seconds per step since the pace is measured)."""
+        seconds = self.seconds()
+        step0, seconds0 = self.plan["from"]
+        return seconds, (seconds - seconds0) / max(1, step - step0)
+
+    def set_length(self, step: int, steps: int) -> None:
+        self.plan.setdefault("at", step)
+        self.plan["steps"] = steps
+
+
+class TrainingState:
+    """Everything one checkpoint holds and restores: the network and its EMA, the optimiser and
+    the plateau scheduler, both random generators, the position in the run (step, epoch, batch
+    within it, the epoch's permutation and loss so far) and the --minutes clock."""
+
+    def __init__(self, run_dir, rc: RunConfig, batch: int):
         tc = rc.train
-        # under torchrun: one process per device (or CPU share), each a disjoint shard of every epoch
-        self.rank, self.world, self.device = init_distributed(resolve_device(tc.device))
-        self.precision = resolve_precision(tc.precision, self.device)
-        self.channels_last = resolve_channels_last(tc.channels_last, self.device, self.precision, rc.model.arch)
-        self.progress = progress
-        torch.manual_seed(tc.seed)   # model initialisation
-
-        data = data if data is not None else load_dataset(tc.data, tc.data_dir, size=rc.model.image_size,
-                                                          channels=rc.model.in_channels,
-                                                          skip_unreadable=tc.skip_unreadable)
-        data = data.subset(tc.subset)
-        want = (rc.model.in_channels, rc.model.image_size, rc.model.image_size)
-        if tuple(data.images.shape[1:]) != want:
-            raise C.ConfigError(f"preset {rc.preset} takes images {want} (C, H, W), the data ({data.source}) "
-                                f"holds {tuple(data.images.shape[1:])}")
-        if rc.model.num_classes and data.num_classes != rc.model.num_classes:
-            raise C.ConfigError(f"preset {rc.preset} needs {rc.model.num_classes} classes, data has {data.num_classes}")
-        self.class_names = data.class_names
-        rc.about = describe_run(data, self.world)
-        self.images = data.images.to(self.device)                           # (N, C, H, W) uint8
-        self.labels = data.labels.to(self.device) if data.labels is not None else None
-        self.batch = min(tc.batch_size, len(data))
-        self.batches_per_epoch = max(1, len(data) // (self.batch * self.world))  # last partial batch dropped
-
-        self.schedule = make_schedule(rc.diffusion)
+        self.run_dir, self.rc = Path(run_dir), rc
         self.model = build_model(rc.model).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = EMA(self.model, tc.ema_decay, tc.ema_halflife_kimg, tc.ema_rampup, self.batch * self.world)
-        self.ddp = self.model                                               # what the loss calls
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-            net = self.model
-            if self.device.type == "cuda":   # SyncBatchNorm is GPU-only in PyTorch; on CPU (gloo) the
-                net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)   # running stats come from rank 0
-            self.ddp = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            self.model = self.ddp.module
-        if tc.compile:
-            self.ddp = torch.compile(self.ddp)
-        self.runlog = RunLog(self.run_dir, tc.tensorboard) if self.rank == 0 else None
+        self.ema = EMA(self.model, tc.ema_decay, tc.ema_halflife_kimg, tc.ema_rampup, batch * self.world)
         # fused: one kernel for all parameters instead of a loop of small ops (docs/experiments.md)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=self.device.type in ("cpu", "cuda"))
         self.plateau = self.make_plateau()
         self.gen = torch.Generator(self.device).manual_seed(tc.seed + 1_000_003 * self.rank)  # t, noise, label drop
         self.perm_gen = torch.Generator().manual_seed(tc.seed + 1)          # epoch permutations
-        # position
         self.step = 0
         self.epoch = 0                  # epochs completed
         self.batch_pos = 0              # batches done in the current epoch
         self.perm = None
         self.perm_epoch = None          # the epoch self.perm was drawn for
         self.epoch_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.interrupted = False
-        self.stop_agreed = False        # distributed: all ranks stop at the same step
-        self.postfix = {}               # collapse scores of the last epoch, shown on the progress bar
-        self.watch = monitor.CollapseWatch(self.images, self.labels, rc.model.num_classes, tc.snapshot_per_class,
-                                           classifier=lambda: snapshot_classifier(self.class_names))
-        self.bar = None                 # the progress bar while fit() runs
-        self.compile_s = None           # torch.compile: seconds of the first step, compilation included
+        self.clock = MinutesClock(tc.minutes)
+        self.runlog = RunLog(self.run_dir, tc.tensorboard) if self.rank == 0 else None
         self.last_save = time.monotonic()
-        self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0   # images/s of the current epoch
-        # --minutes: the budget's clock counts from here (data loading and model building included)
-        # and runs on across interruptions (train_seconds of the checkpoint), not while stopped
-        self.t_start, self.seconds_before = time.monotonic(), 0.0
-        self.plan = None        # {"steps": the run's planned length, "at": the step of the first plan (the
-                                #  cosine decays from there), "from": [step, seconds] where the pace is measured}
 
-    # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         gen = self.gen.get_state()
         if self.world > 1:   # every rank's noise generator, so a resumed run draws what it would have
@@ -219,7 +186,7 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos, "perm": self.perm,
                 "epoch_loss_sum": self.epoch_loss_sum.cpu(), "optimizer": self.opt.state_dict(),
                 "plateau": self.plateau.state_dict(), "gen": gens, "perm_gen": self.perm_gen.get_state(),
-                "perm_epoch": self.perm_epoch, "train_seconds": self.train_seconds(), "minutes_plan": self.plan}
+                "perm_epoch": self.perm_epoch, "train_seconds": self.clock.seconds(), "minutes_plan": self.clock.plan}
 
     @torch.no_grad()
     def sync_buffers(self) -> None:
@@ -265,16 +232,11 @@ class Trainer:
         else:
             log.warning("resuming with %d processes a run saved with %d: noise streams restart", self.world, len(gens))
         self.perm_gen.set_state(s["perm_gen"])
-        self.seconds_before, self.plan = s.get("train_seconds", 0.0), s.get("minutes_plan")
+        self.clock.seconds_before, self.clock.plan = s.get("train_seconds", 0.0), s.get("minutes_plan")
         # the epoch the saved permutation belongs to; older checkpoints drew a new one at batch 0
         self.perm_epoch = s.get("perm_epoch", self.epoch if self.batch_pos > 0 else None)
-        if self.rank != 0:
-            return
-        self.runlog.keep_until(self.step)   # lines logged after this checkpoint, by a run that then crashed
-
-    def log_metrics(self, **m) -> None:
-        if self.runlog is not None:
-            self.runlog.append(**m)
+        if self.rank == 0:
+            self.runlog.keep_until(self.step)   # lines logged after this checkpoint, by a run that then crashed
 
     def lr(self) -> float:
         return self.opt.param_groups[0]["lr"]
@@ -294,54 +256,109 @@ class Trainer:
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience, min_lr=tc.min_lr)
 
+
+def training_data(rc: RunConfig, data: ImageSet | None) -> ImageSet:
+    """The run's images (its subset), checked against what the network takes."""
+    tc = rc.train
+    data = data if data is not None else load_dataset(tc.data, tc.data_dir, size=rc.model.image_size,
+                                                      channels=rc.model.in_channels, skip_unreadable=tc.skip_unreadable)
+    data = data.subset(tc.subset)
+    want = (rc.model.in_channels, rc.model.image_size, rc.model.image_size)
+    if tuple(data.images.shape[1:]) != want:
+        raise C.ConfigError(f"preset {rc.preset} takes images {want} (C, H, W), the data ({data.source}) "
+                            f"holds {tuple(data.images.shape[1:])}")
+    if rc.model.num_classes and data.num_classes != rc.model.num_classes:
+        raise C.ConfigError(f"preset {rc.preset} needs {rc.model.num_classes} classes, data has {data.num_classes}")
+    return data
+
+
+class LossWindow:
+    """The loss summed on the device over the steps since the last log line: one host sync a window."""
+
+    def __init__(self, device):
+        self.sum, self.n, self.t0 = torch.zeros((), device=device), 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.sum += loss
+        self.n += 1
+
+    def restart(self) -> None:
+        self.sum.zero_()
+        self.n, self.t0 = 0, time.perf_counter()
+
+
+class Trainer(TrainingState):
+    """The training loop over a TrainingState: batches drawn by index from a seeded permutation of
+    the images on the device, the loss of one step, the log, the checkpoint cadence, the work at
+    each epoch's end."""
+
+    def __init__(self, run_dir, rc: RunConfig, data: ImageSet | None = None, progress: bool = True):
+        tc = rc.train
+        # under torchrun: one process per device (or CPU share), each a disjoint shard of every epoch
+        self.rank, self.world, self.device = init_distributed(resolve_device(tc.device))
+        self.precision = resolve_precision(tc.precision, self.device)
+        self.channels_last = resolve_channels_last(tc.channels_last, self.device, self.precision, rc.model.arch)
+        self.progress = progress
+        torch.manual_seed(tc.seed)   # model initialisation
+        data = training_data(rc, data)
+        self.class_names = data.class_names
+        rc.about = describe_run(data, self.world)
+        self.images = data.images.to(self.device)                           # (N, C, H, W) uint8
+        self.labels = data.labels.to(self.device) if data.labels is not None else None
+        self.batch = min(tc.batch_size, len(data))
+        self.batches_per_epoch = max(1, len(data) // (self.batch * self.world))  # last partial batch dropped
+        self.schedule = make_schedule(rc.diffusion)
+        super().__init__(run_dir, rc, self.batch)
+        self.ddp = self.model                                               # what the loss calls
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            net = self.model
+            if self.device.type == "cuda":   # SyncBatchNorm is GPU-only in PyTorch; on CPU (gloo) the
+                net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)   # running stats come from rank 0
+            self.ddp = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.model = self.ddp.module
+        if tc.compile:
+            self.ddp = torch.compile(self.ddp)
+        self.interrupted = False
+        self.stop_agreed = False        # distributed: all ranks stop at the same step
+        self.postfix = {}               # collapse scores of the last epoch, shown on the progress bar
+        self.watch = monitor.CollapseWatch(self.images, self.labels, rc.model.num_classes, tc.snapshot_per_class,
+                                           classifier=lambda: snapshot_classifier(self.class_names))
+        self.bar = None                 # the progress bar while fit() runs
+        self.compile_s = None           # torch.compile: seconds of the first step, compilation included
+        self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0   # images/s of the current epoch
+
+    def log_metrics(self, **m) -> None:
+        if self.runlog is not None:
+            self.runlog.append(**m)
+
     def planned_steps(self) -> int:
         """The run's length in optimiser steps (where lr_schedule cosine reaches min_lr): epochs x
         batches per epoch, or max_steps if fewer, or what --minutes planned if fewer still."""
         tc = self.rc.train
         total = tc.epochs * self.batches_per_epoch
         total = min(total, tc.max_steps) if tc.max_steps else total
-        return min(total, self.plan["steps"]) if self.planned() else total
-
-    def planned(self) -> bool:
-        """--minutes: whether the run's length has been planned (before that, self.plan holds
-        only where the pace is measured from)."""
-        return self.plan is not None and "steps" in self.plan
-
-    def train_seconds(self) -> float:
-        """Wall time of this run so far, over all its processes (--minutes' clock)."""
-        return self.seconds_before + time.monotonic() - self.t_start
-
-    def decay_from(self) -> int:
-        """The step where the cosine decay starts after the warmup: with --minutes, the first
-        plan's step (and, until there is one, not before the next step: the rate holds)."""
-        if not self.rc.train.minutes:
-            return 0
-        return self.plan["at"] if self.planned() else self.step + 1
+        return min(total, self.clock.plan["steps"]) if self.clock.planned() else total
 
     def plan_length(self) -> None:
         """--minutes: the run's length from its pace since PLAN_FROM_STEP (epoch-end work
-        included), so that it, and a cosine schedule with it, ends when the budget is spent. First
-        planned at the end of the warmup at the earliest (the rate holds at its peak until then),
-        re-planned at every epoch's end as the pace becomes known; each plan goes into the
+        included), so that it, and a cosine schedule with it, ends when the budget is spent;
+        re-planned at every epoch's end as the pace becomes known. Each plan goes into the
         checkpoint, so a run resumed at the same pace ends as the uninterrupted one."""
-        tc = self.rc.train
-        seconds = self.train_seconds()
-        step0, seconds0 = self.plan["from"]
-        per_step = (seconds - seconds0) / max(1, self.step - step0)
-        steps = torch.tensor(float(steps_for_minutes(self.step, seconds, per_step, tc.minutes)
+        seconds, per_step = self.clock.pace(self.step)
+        steps = torch.tensor(float(steps_for_minutes(self.step, seconds, per_step, self.clock.minutes)
                                    if self.rank == 0 else 0), device=self.device)
         steps = int(self._sum_ranks(steps).item())       # rank 0's clock decides, for every rank
-        self.plan.setdefault("at", self.step)
-        self.plan["steps"] = steps
+        self.clock.set_length(self.step, steps)
         if self.bar is not None:
             self.bar.total = self.planned_steps()
             self.bar.refresh()
         self.log_metrics(kind="plan", step=self.step, steps=steps, seconds=round(seconds, 1),
                          seconds_per_step=round(per_step, 4))
         log.info("--minutes %g: %.3f s a step, %.0f s in at step %d: the run is %d steps",
-                 tc.minutes, per_step, seconds, self.step, steps)
+                 self.clock.minutes, per_step, seconds, self.step, steps)
 
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ one step
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
         x0 = to_model_range(self.images[idx])                               # (B, C, H, W) in [-1, 1]
         if self.channels_last:
@@ -359,12 +376,22 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.lr_schedule == "cosine":     # per step, from the step alone (resumes exactly)
-            lr = cosine_lr(self.step, self.planned_steps(), tc.lr, tc.min_lr, tc.warmup_steps, self.decay_from())
+            lr = cosine_lr(self.step, self.planned_steps(), tc.lr, tc.min_lr, tc.warmup_steps,
+                           self.clock.decay_from(self.step))
             for g in self.opt.param_groups:
                 g["lr"] = lr
         self.opt.step()
         self.ema.update(self.model, self.step)
         return loss.detach()
+
+    def first_step_compiled(self, idx: torch.Tensor) -> torch.Tensor:
+        """train_step, timed: with --compile the first call compiles, and the log says how long."""
+        t0 = time.perf_counter()
+        loss = self.train_step(idx).item()
+        self.compile_s = time.perf_counter() - t0
+        log.info("torch.compile: first step (compilation included) took %.1f s", self.compile_s)
+        self.log_metrics(kind="compile", step=self.step + 1, seconds=round(self.compile_s, 1))
+        return torch.tensor(loss, device=self.device)
 
     def check_finite(self, value: float) -> None:
         if not math.isfinite(value):
@@ -372,37 +399,28 @@ class Trainer:
                 f"loss became {value} at step {self.step} (epoch {self.epoch + 1}); stopped without saving, "
                 f"the last good checkpoint in {self.run_dir} is kept; try a lower --lr or --precision fp32")
 
+    # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
-        tc = self.rc.train
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            removed = checkpoint.remove_stale(self.run_dir)     # leftovers of an interrupted save
-            if removed:
-                log.info("removed %s: left by an interrupted checkpoint", ", ".join(sorted(removed)))
-            if self.step == 0:              # a fresh run: no log of an earlier attempt survives
-                self.runlog.reset()
-            save_config(self.run_dir, self.rc)
-        self.last_save = time.monotonic()
+        """Set up, run the loop, save; the final figures. Ctrl-C stops at the next step and saves."""
+        self.prepare_run_dir()
         total = self.planned_steps()
         log.info("run %s: preset %s, %d parameters, %d images, device %s, precision %s, channels_last %s%s",
                  self.run_dir, self.rc.preset, count_parameters(self.model), len(self.images),
                  self.device, self.precision, self.channels_last,
                  f", rank {self.rank} of {self.world}" if self.world > 1 else "")
-        show = self.progress and self.rank == 0
-        self.bar = bar = tqdm(total=total, initial=min(self.step, total), disable=not show, unit="step",
-                   dynamic_ncols=True, desc=self.rc.preset)
+        self.bar = tqdm(total=total, initial=min(self.step, total), disable=not (self.progress and self.rank == 0),
+                        unit="step", dynamic_ncols=True, desc=self.rc.preset)
         previous = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, self._on_sigint)
         try:
-            finished = self._loop(bar, total)
+            finished = self.run_epochs()
         finally:
             signal.signal(signal.SIGINT, previous)
-            bar.close()
+            self.bar.close()
             self.bar = None
-        if self.interrupted:
-            self.save()
-            raise TrainingInterrupted(f"interrupted at step {self.step}; saved, continue with --resume")
         self.save()
+        if self.interrupted:
+            raise TrainingInterrupted(f"interrupted at step {self.step}; saved, continue with --resume")
         if self.world > 1:
             self.log_metrics(kind="ddp", step=self.step, world=self.world, weights_sha256=self.rank_digests())
         if self.rank == 0:
@@ -414,6 +432,105 @@ class Trainer:
                 raise TrainingInterrupted(f"interrupted while drawing the final figures after step {self.step}; "
                                           "the run is saved") from None
         return {"steps": self.step, "epochs": self.epoch, "finished": finished}
+
+    def prepare_run_dir(self) -> None:
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            removed = checkpoint.remove_stale(self.run_dir)     # leftovers of an interrupted save
+            if removed:
+                log.info("removed %s: left by an interrupted checkpoint", ", ".join(sorted(removed)))
+            if self.step == 0:              # a fresh run: no log of an earlier attempt survives
+                self.runlog.reset()
+            save_config(self.run_dir, self.rc)
+        self.last_save = time.monotonic()
+
+    def run_epochs(self) -> bool:
+        """Epochs of batches until the run's length. True when the run is complete (its epochs, or
+        the --minutes plan), False when it stopped early (max_steps, Ctrl-C)."""
+        tc = self.rc.train
+        window = LossWindow(self.device)
+        while self.epoch < tc.epochs:
+            perm = self.start_epoch()
+            while self.batch_pos < self.batches_per_epoch:
+                if self.clock.planned() and self.step >= self.clock.plan["steps"]:
+                    return True                     # --minutes: the budget is spent, the run is done
+                if (tc.max_steps and self.step >= tc.max_steps) or self.stop_requested():
+                    return False
+                first = (self.batch_pos * self.world + self.rank) * self.batch     # this rank's shard
+                idx = perm[first:first + self.batch]
+                compiling = tc.compile and self.compile_s is None
+                loss = self.first_step_compiled(idx) if compiling else self.train_step(idx)
+                self.step += 1
+                self.batch_pos += 1
+                if self.clock.due(self.step, tc.warmup_steps):
+                    self.plan_length()
+                self.epoch_loss_sum += loss
+                window.add(loss)
+                self.epoch_imgs += self.batch * self.world
+                self.bar.update(1)
+                if window.n == tc.log_every or self.batch_pos == self.batches_per_epoch:
+                    self.log_window(window)
+            self.end_epoch()
+            window.restart()   # snapshot time does not count as training time
+        return True
+
+    def start_epoch(self) -> torch.Tensor:
+        """This epoch's permutation, on the device (drawn anew unless the epoch was interrupted)."""
+        if self.perm_epoch != self.epoch:   # a new epoch; one stopped at its first batch keeps its own
+            self.perm = torch.randperm(len(self.images), generator=self.perm_gen)
+            self.perm_epoch = self.epoch
+            self.epoch_loss_sum.zero_()
+        # images/s of this epoch count from here (from the resume point mid-epoch)
+        self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0
+        self.model.train()
+        return self.perm.to(self.device)
+
+    def stop_requested(self) -> bool:
+        return self.interrupted if self.world == 1 else self.stop_agreed
+
+    def log_window(self, window: LossWindow) -> None:
+        """The one host sync per window: the mean loss logged and checked; under torchrun also where
+        all ranks agree on stopping (Ctrl-C) and on a time-based checkpoint (every SAVE_EVERY_S)."""
+        want_save = time.monotonic() - self.last_save > SAVE_EVERY_S
+        flags = torch.tensor([float(self.interrupted), float(want_save)], device=self.device)
+        agreed = self._sum_ranks(torch.cat([window.sum.float().view(1), flags])).tolist()
+        value = agreed[0] / (window.n * self.world)
+        self.stop_agreed, want_save = agreed[1] > 0, agreed[2] > 0
+        self.check_finite(value)
+        ips = window.n * self.batch * self.world / (time.perf_counter() - window.t0)
+        self.log_metrics(kind="step", step=self.step, epoch=self.epoch + 1, loss=value,
+                         lr=self.lr(), img_per_s=round(ips, 2))
+        self.bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.lr():.1e}", img_s=f"{ips:.0f}", **self.postfix)
+        window.restart()
+        if want_save:
+            self.save()
+
+    def end_epoch(self) -> None:
+        # the mean over all ranks: every rank's LR scheduler must see the same number
+        epoch_loss = self._sum_ranks(self.epoch_loss_sum.clone()).item() / (self.batches_per_epoch * self.world)
+        self.check_finite(epoch_loss)
+        seconds = time.perf_counter() - self.epoch_t0
+        if self.rc.train.lr_schedule == "plateau":
+            self.plateau.step(epoch_loss)
+        self.epoch += 1
+        self.batch_pos = 0
+        scores = {}
+        if self.rank == 0:
+            for work in END_OF_EPOCH:
+                scores.update(work(self) or {})
+        if self.clock.planned():                # --minutes: the pace now includes an epoch's end
+            self.plan_length()
+        self.log_metrics(kind="epoch", step=self.step, epoch=self.epoch, loss=epoch_loss, lr=self.lr(),
+                         img_per_s=round(self.epoch_imgs / seconds, 2), seconds=round(seconds, 1), **scores)
+        log.info("epoch %d: loss %.4f, lr %.1e, %.1f img/s%s", self.epoch, epoch_loss, self.lr(),
+                 self.epoch_imgs / seconds, "".join(f", {k} {v}" for k, v in scores.items()))
+        self.save()
+        if self.rank == 0:
+            loss_figure(self)
+
+    def finish_figures(self) -> None:
+        for work in END_OF_TRAINING:
+            work(self)
 
     def rank_digests(self) -> list[str]:
         """SHA-256 of every rank's weights and buffers: DDP must keep them identical."""
@@ -433,97 +550,6 @@ class Trainer:
         if self.interrupted:   # second Ctrl-C: give up at once
             raise KeyboardInterrupt
         self.interrupted = True
-
-    def _loop(self, bar, total) -> bool:
-        tc = self.rc.train
-        window, window_n, t_window = torch.zeros((), device=self.device), 0, time.perf_counter()
-        while self.epoch < tc.epochs:
-            if self.perm_epoch != self.epoch:   # a new epoch; one stopped at its first batch keeps its own
-                self.perm = torch.randperm(len(self.images), generator=self.perm_gen)
-                self.perm_epoch = self.epoch
-                self.epoch_loss_sum.zero_()
-            # images/s of this epoch count from here (from the resume point mid-epoch)
-            self.epoch_t0, self.epoch_imgs = time.perf_counter(), 0
-            perm = self.perm.to(self.device)
-            self.model.train()
-            while self.batch_pos < self.batches_per_epoch:
-                if self.planned() and self.step >= self.plan["steps"]:
-                    return True                     # --minutes: the budget is spent, the run is done
-                if tc.max_steps and self.step >= tc.max_steps:
-                    return False
-                if self.interrupted if self.world == 1 else self.stop_agreed:
-                    return False
-                first = (self.batch_pos * self.world + self.rank) * self.batch     # this rank's shard
-                idx = perm[first:first + self.batch]
-                if tc.compile and self.compile_s is None:
-                    t0 = time.perf_counter()
-                    loss = self.train_step(idx).item()   # compilation happens in the first call
-                    self.compile_s = time.perf_counter() - t0
-                    log.info("torch.compile: first step (compilation included) took %.1f s", self.compile_s)
-                    self.log_metrics(kind="compile", step=self.step + 1, seconds=round(self.compile_s, 1))
-                    loss = torch.tensor(loss, device=self.device)
-                else:
-                    loss = self.train_step(idx)
-                self.step += 1
-                self.batch_pos += 1
-                if tc.minutes and not self.planned():
-                    if self.plan is None or self.step == PLAN_FROM_STEP:
-                        self.plan = {"from": [self.step, self.train_seconds()]}
-                    elif self.step >= max(PLAN_AT_STEP, tc.warmup_steps):
-                        self.plan_length()
-                self.epoch_loss_sum += loss
-                window += loss
-                window_n += 1
-                self.epoch_imgs += self.batch * self.world
-                bar.update(1)
-                if window_n == tc.log_every or self.batch_pos == self.batches_per_epoch:
-                    # the one host sync per window; under torchrun also where all ranks agree
-                    # on stopping (Ctrl-C) and on a time-based checkpoint
-                    want_save = time.monotonic() - self.last_save > SAVE_EVERY_S
-                    flags = torch.tensor([float(self.interrupted), float(want_save)], device=self.device)
-                    agreed = self._sum_ranks(torch.cat([window.float().view(1), flags])).tolist()
-                    value = agreed[0] / (window_n * self.world)
-                    self.stop_agreed, want_save = agreed[1] > 0, agreed[2] > 0
-                    self.check_finite(value)
-                    now = time.perf_counter()
-                    ips = window_n * self.batch * self.world / (now - t_window)
-                    self.log_metrics(kind="step", step=self.step, epoch=self.epoch + 1, loss=value,
-                                     lr=self.lr(), img_per_s=round(ips, 2))
-                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.lr():.1e}", img_s=f"{ips:.0f}", **self.postfix)
-                    window.zero_()
-                    window_n, t_window = 0, time.perf_counter()
-                    if want_save:
-                        self.save()
-            self.end_epoch()
-            t_window = time.perf_counter()   # snapshot time does not count as training time
-        return True
-
-    def end_epoch(self) -> None:
-        # the mean over all ranks: every rank's LR scheduler must see the same number
-        epoch_loss = self._sum_ranks(self.epoch_loss_sum.clone()).item() / (self.batches_per_epoch * self.world)
-        self.check_finite(epoch_loss)
-        seconds = time.perf_counter() - self.epoch_t0
-        if self.rc.train.lr_schedule == "plateau":
-            self.plateau.step(epoch_loss)
-        self.epoch += 1
-        self.batch_pos = 0
-        scores = {}
-        if self.rank == 0:
-            for work in END_OF_EPOCH:
-                scores.update(work(self) or {})
-        if self.planned():                      # --minutes: the pace now includes an epoch's end
-            self.plan_length()
-        self.log_metrics(kind="epoch", step=self.step, epoch=self.epoch, loss=epoch_loss, lr=self.lr(),
-                         img_per_s=round(self.epoch_imgs / seconds, 2), seconds=round(seconds, 1), **scores)
-        log.info("epoch %d: loss %.4f, lr %.1e, %.1f img/s%s", self.epoch, epoch_loss, self.lr(),
-                 self.epoch_imgs / seconds, "".join(f", {k} {v}" for k, v in scores.items()))
-        self.save()
-        if self.rank == 0:
-            loss_figure(self)
-
-    def finish_figures(self) -> None:
-        for work in END_OF_TRAINING:
-            work(self)
 
 
 # ---------------------------------------------------------------------- end-of-epoch and final work
@@ -610,7 +636,7 @@ def train(run_dir, rc: RunConfig | None = None, *, resume: bool = False, data: I
             trainer.load()
             if "lr" in overrides:
                 trainer.set_lr(overrides["lr"])
-            if rc.train.minutes != saved_minutes and trainer.planned():
+            if rc.train.minutes != saved_minutes and trainer.clock.planned():
                 # a new budget (say 60 minutes more for a finished run): its length is planned
                 # again now from the pace so far, and the cosine schedule stretches to the new end
                 trainer.plan_length()

@@ -40,7 +40,8 @@ from ..models import build_model, count_parameters  # noqa: E402
 from ..run import load_config, read_metrics  # noqa: E402
 from ..runtime import machine  # noqa: E402
 from ..sample import load_run, sample  # noqa: E402
-from ..train import make_run_config, train  # noqa: E402
+from ..recipes import make_run_config  # noqa: E402
+from ..train import train  # noqa: E402
 
 log = logging.getLogger("ddpmlab.studies.good_bugs")
 

@@ -32,7 +32,8 @@ from torch import nn  # noqa: E402
 
 from ..data import load_fashion_mnist  # noqa: E402
 from ..runtime import machine  # noqa: E402
-from ..train import Trainer, make_run_config  # noqa: E402
+from ..recipes import make_run_config  # noqa: E402
+from ..train import Trainer  # noqa: E402
 
 log = logging.getLogger("ddpmlab.studies.init")
 
