@@ -30,8 +30,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ddpmlab.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, count_nfe, make_schedule  # noqa: E402
-from ddpmlab.run import load_config, resolve_run  # noqa: E402
+from ddpmlab.config import SamplingConfig  # noqa: E402
+from ddpmlab.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: E402
+
 from ddpmlab.evaluate import cached_evaluate_run  # noqa: E402
 
 DEFAULT_GRID = "ddpm:5,10,20,50,100,1000;ddim:5,10,20,50,100,1000;dpm++2m:5,10,20,50,100,1000"
@@ -94,25 +95,25 @@ def main():
     if args.curves:
         specs = parse_curves(args.curves)
         for model in [args.run] + ([args.beside] if args.beside else []):
-            sched = make_schedule(load_config(resolve_run(model)).diffusion)
             for label, kw, steps_list in specs:
                 name = f"{model}: {label}" if args.beside else label
                 for steps in steps_list:
-                    nfe = count_nfe(sched.T, steps, kw["spacing"], sched, kw["guidance"], kw["guidance_interval"],
-                                    kw["sigma_max"])
-                    r, _ = cached_evaluate_run(model, args.n, steps=steps, seed=args.seed, precision=args.precision, **kw)
+                    r, _ = cached_evaluate_run(model, args.n, sampling=SamplingConfig(steps=steps, **kw), seed=args.seed,
+                                               precision=args.precision)
+                    nfe = r["nfe"]          # counted from the same settings that sampled
                     curves.setdefault(name, []).append((nfe, r["fd"], r["cond_acc"]))
                     lines.append(row(r, f"{name} ({steps} steps)", nfe, kw["guidance"]))
                     print(lines[-1], flush=True)
         args.grid = ""
     for sampler, steps in parse_grid(args.grid):
-        r, _ = cached_evaluate_run(args.run, args.n, sampler=sampler, steps=steps, seed=args.seed,
-                                   precision=args.precision)
+        r, _ = cached_evaluate_run(args.run, args.n, sampling=SamplingConfig(sampler=sampler, steps=steps),
+                                   seed=args.seed, precision=args.precision)
         curves.setdefault(sampler, []).append((steps, r["fd"], r["cond_acc"]))
         lines.append(row(r, sampler, steps, 0.0))
         print(lines[-1], flush=True)
     for w in [float(g) for g in args.guidance.split(",") if g]:
-        r, _ = cached_evaluate_run(args.run, args.n, sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, guidance=w,
+        r, _ = cached_evaluate_run(args.run, args.n,
+                                   sampling=SamplingConfig(sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, guidance=w),
                                    seed=args.seed, precision=args.precision)
         lines.append(row(r, DEFAULT_SAMPLER, DEFAULT_STEPS, w))
         print(lines[-1], flush=True)

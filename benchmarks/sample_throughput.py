@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from ddpmlab.config import get_preset
+from ddpmlab.config import Sampling, get_preset
 from ddpmlab.diffusion import make_schedule
 from ddpmlab.models import build_model, count_parameters
 from ddpmlab import render
@@ -43,8 +43,8 @@ def main():
           f"{count_parameters(theirs) / 1e6:.2f}M parameters")
 
     def run_ours(precision):     # as `ddpmlab sample --precision P` runs: the network in autocast, the solver fp32
-        return render.draw(ours, sched, cfg, args.n, labels=labels, sampler=args.sampler, steps=args.steps,
-                             precision=precision)
+        return render.draw(ours, sched, cfg, args.n, Sampling(args.sampler, args.steps), labels=labels,
+                           precision=precision)
 
     def run_theirs(precision):
         S = DDIMScheduler if args.sampler == "ddim" else DPMSolverMultistepScheduler

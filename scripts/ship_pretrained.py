@@ -24,7 +24,8 @@ from ddpmlab import config as C
 from ddpmlab import checkpoint
 from ddpmlab.run import PRETRAINED_DIR, load_config, read_metrics, save_config
 from ddpmlab.diffusion import count_nfe, make_schedule
-from ddpmlab.sample import sampling_settings
+from ddpmlab.config import SamplingConfig
+from ddpmlab.sample import resolve_sampling
 
 
 def lr_history(run: Path, schedule: str = "plateau") -> str:
@@ -98,7 +99,8 @@ def main():
                                                  "sigma_max": args.sigma_max})
     save_config(dst, rc)
     s = run_summary(run)
-    sampler, steps, guidance, spacing, _, sigma_max = sampling_settings(rc)
+    own = resolve_sampling(rc, SamplingConfig(autoguidance=0))
+    sampler, steps, guidance, spacing, sigma_max = own.sampler, own.steps, own.guidance, own.spacing, own.sigma_max
     lines = [f"# Model card: `{args.name}`", "",
              f"Class-conditional FashionMNIST diffusion model shipped with ddpmlab (`ddpmlab sample {args.name}`).", "",
              "| | |", "|---|---|",
@@ -132,7 +134,9 @@ def main():
             if r.get("collapsed_classes"):
                 flags += " collapsed " + ",".join(str(c["class"]) for c in r["collapsed_classes"])
             gi = r.get("guidance_interval")
-            nfe = count_nfe(1000, r["steps"], r.get("spacing"), sched, r["guidance"], gi, r.get("sigma_max"))
+            nfe = r.get("nfe") or count_nfe(sched, C.Sampling(r["sampler"], r["steps"], r["guidance"],
+                                                              r.get("spacing") or "trailing",
+                                                              None if gi is None else tuple(gi), r.get("sigma_max")))
             smax = f" from sigma {r['sigma_max']:g}" if r.get("sigma_max") else ""
             lines.append(f"| {r['sampler']} | {r['steps']} | {r.get('spacing') or 'trailing'}{smax} | {r['guidance']:g}"
                          f"{f' (t {gi[0]}..{gi[1]})' if gi else ''} | {nfe} | {r.get('sampling_precision', 'fp32')} | "

@@ -137,8 +137,11 @@ def test_dpmpp_2m_trajectory_matches_diffusers(schedule, steps):
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     dpmpp_2m(bounded_eps, ours, x, ts, clip=False, callback=lambda i, t, xt, x0: traj.append(xt))
     assert len(traj) == len(traj_ref)
+    # one step jumps from t = 999 straight to x0, recovered by dividing by sqrt(abar_999) ~ 0.006:
+    # each side's float32 rounding (diffusers keeps its sigma tables in float32) grows ~150-fold
+    atol = 1e-4 if steps == 1 else 1e-5
     for a, b in zip(traj, traj_ref):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a, b, atol=atol, rtol=0)
 
 
 # --------------------------------------------------------------------------- prediction types, 3M, spacings
@@ -207,8 +210,11 @@ def _dpmpp_against_diffusers(prediction, order, schedule, clip, steps, model, ti
     final = {} if order == 2 else {"lower_order_final": lower_order_final}   # 2M: always lower order
     fn(model, ours, x, timesteps, clip=clip, callback=lambda i, t, xt, x0: traj.append(xt), **final)
     assert len(traj) == len(traj_ref)
+    # with one or two steps the first jumps from t = 999 far down, its x0 recovered by dividing by
+    # sqrt(abar_999) ~ 0.006: each side's float32 rounding grows ~150-fold (see the 2M test above)
+    atol = 1e-4 if len(traj) <= 2 else 1e-5
     for a, b in zip(traj, traj_ref):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a, b, atol=atol, rtol=0)
 
 
 # v and x0 read x0 without dividing by sqrt(abar), so unlike eps (above) the cosine schedule is

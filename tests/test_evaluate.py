@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ddpmlab import cli
 from ddpmlab.classifier import PRETRAINED, read_info
-from ddpmlab.config import ConfigError
+from ddpmlab.config import ConfigError, SamplingConfig
 from ddpmlab.data import load_fashion_mnist
 from ddpmlab.diffusion import DEFAULT_SAMPLER
 from ddpmlab.evaluate import evaluate_images, evaluate_run, reference
@@ -139,7 +139,7 @@ def test_a_run_is_sampled_and_evaluated(tmp_path):
     save_config(tmp_path, rc)
     save_weights(model, tmp_path / "model.safetensors")
     save_weights(model, tmp_path / "ema.safetensors")
-    r = evaluate_run(tmp_path, n=20, steps=2, device="cpu")
+    r = evaluate_run(tmp_path, n=20, sampling=SamplingConfig(steps=2), device="cpu")
     assert r["n"] == 20 and r["sampler"] == DEFAULT_SAMPLER and r["steps"] == 2 and r["guidance"] == 0.0
     assert r["fd"] > r["fd_floor"]                       # an untrained net makes noise
     assert r["pred_hist"] and sum(r["pred_hist"]) == 20
@@ -175,7 +175,7 @@ def test_a_run_carries_its_own_sampling_settings(tmp_path):
     assert (own - plain).abs().max() > 1e-3
     r = evaluate_run(run_dir, n=10, device="cpu")                       # flags given win over the run's
     assert (r["sampler"], r["steps"], r["guidance"]) == ("ddim", 3, 2.0)
-    r = evaluate_run(run_dir, n=10, guidance=0.0, steps=2, device="cpu")
+    r = evaluate_run(run_dir, n=10, sampling=SamplingConfig(guidance=0.0, steps=2), device="cpu")
     assert (r["sampler"], r["steps"], r["guidance"]) == ("ddim", 2, 0.0)
     # run directories written before the "sampling" section existed still load, with the defaults
     cfg = json.loads((run_dir / "config.json").read_text())
@@ -196,7 +196,7 @@ def test_a_run_carries_its_own_sigma_max_to_the_sampler_and_the_cache(tmp_path):
     assert (own - uncapped).abs().max() > 1e-3
     r, path = cached_evaluate_run(run_dir, 10, device="cpu", precision="fp32")
     assert r["sigma_max"] == 5.0 and "-logsnr-smax5-" in path.name
-    r, path = cached_evaluate_run(run_dir, 10, device="cpu", precision="fp32", spacing="trailing")
+    r, path = cached_evaluate_run(run_dir, 10, device="cpu", precision="fp32", sampling=SamplingConfig(spacing="trailing"))
     assert r["sigma_max"] is None and "smax" not in path.name
 
 

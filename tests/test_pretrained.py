@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from ddpmlab.classifier import PRETRAINED, load_classifier, predict
+from ddpmlab.config import SamplingConfig
 from ddpmlab.data import to_uint8
 from ddpmlab.runtime import cpu_has_native_bf16
 from ddpmlab.sample import load_run, sample
@@ -55,27 +56,29 @@ def test_the_shipped_model_carries_its_autoguidance_network(tmp_path):
 
     from ddpmlab.config import ConfigError
     from ddpmlab.diffusion import count_nfe
+    from ddpmlab.sample import resolve_sampling
     run = load_run("fmnist", device="cpu", precision="fp32")
-    ag = run.autoguide
-    assert ag is not None and ag.weight == run.config.sampling.autoguidance > 0 and ag.interval == (203, 946)
-    assert sum(p.numel() for p in ag.net.parameters()) == sum(p.numel() for p in run.model.parameters())
-    assert not any(torch.equal(a, b) for a, b in zip(ag.net.parameters(), run.model.parameters()))
-    s = run.config.sampling
-    assert count_nfe(1000, s.steps, s.spacing, run.schedule, s.guidance, s.guidance_interval, s.sigma_max, ag) <= 16
+    s = resolve_sampling(run.config, run_dir=run.path)
+    guide = run.guide_for(s)
+    assert s.autoguidance == run.config.sampling.autoguidance > 0 and s.autoguidance_interval == (203, 946)
+    assert sum(p.numel() for p in guide.parameters()) == sum(p.numel() for p in run.model.parameters())
+    assert not any(torch.equal(a, b) for a, b in zip(guide.parameters(), run.model.parameters()))
+    assert count_nfe(run.schedule, s) == 16
     x, y = sample(run, 20, labels="all", steps=8)
     _, logits = predict(load_classifier(PRETRAINED), to_uint8(x))
     assert (logits.argmax(1) == y).float().mean() >= 0.8
-    assert load_run("fmnist", device="cpu", autoguidance=0).autoguide is None
+    off = resolve_sampling(run.config, SamplingConfig(autoguidance=0))
+    assert off.autoguidance == 0 and run.guide_for(off) is None and count_nfe(run.schedule, off) == 12
     # a copy whose guide is gone, or is a network of another diffusion, fails in one line
     copy = tmp_path / "fmnist"
     shutil.copytree(run.path, copy)
     shutil.rmtree(copy / "guide")
     with pytest.raises(ConfigError, match="sampling.guide 'guide' is not a run directory.*--autoguidance 0"):
-        load_run(copy, device="cpu")
-    assert load_run(copy, device="cpu", autoguidance=0).autoguide is None
+        sample(load_run(copy, device="cpu"), 2)
+    assert sample(load_run(copy, device="cpu"), 2, steps=2, autoguidance=0)[0].shape[0] == 2
     shutil.copytree(run.path / "guide", copy / "guide")
     cfg = json.loads((copy / "guide" / "config.json").read_text())
     cfg["diffusion"]["prediction"] = "eps"
     (copy / "guide" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="its diffusion .* differs from the run's"):
-        load_run(copy, device="cpu")
+        sample(load_run(copy, device="cpu"), 2)

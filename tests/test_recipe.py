@@ -136,15 +136,15 @@ def test_a_recipe_run_samples_as_the_recipe_was_measured():
     schedule, guidance 0.3 at the noise levels of the linear schedule's t 100..700; the write-up's
     presets without a recipe keep ddpmlab's defaults."""
     from ddpmlab.diffusion import timesteps_at_noise_of
-    from ddpmlab.sample import sampling_settings
+    from ddpmlab.sample import resolve_sampling
     cos = make_run_config("unet-lite", recipe="fast", diffusion_overrides={"schedule": "cosine"})
-    assert sampling_settings(cos) == ("dpm++2m", 20, 0.3, "logsnr", [203, 946], 55.0)
+    assert resolve_sampling(cos) == C.Sampling("dpm++2m", 20, 0.3, "logsnr", (203, 946), 55.0)
     assert C.to_dict(C.from_dict(C.SamplingConfig, cos.to_json()["sampling"])) == C.to_dict(cos.sampling)
     lin = make_run_config("unet-small", recipe="fast")
-    assert sampling_settings(lin) == ("dpm++2m", 20, 0.3, "logsnr", [100, 700], None)
-    assert sampling_settings(make_run_config("resnet-basic", recipe="fast"))[2:] == (0.0, "logsnr", None, None)
+    assert resolve_sampling(lin) == C.Sampling("dpm++2m", 20, 0.3, "logsnr", (100, 700), None)
+    assert resolve_sampling(make_run_config("resnet-basic", recipe="fast")) == C.Sampling("dpm++2m", 20, 0.0, "logsnr")
     assert make_run_config("unet-small").sampling == C.SamplingConfig()
-    assert sampling_settings(make_run_config("unet-small")) == ("dpm++2m", 20, 0.0, "trailing", None, None)
+    assert resolve_sampling(make_run_config("unet-small")) == C.Sampling("dpm++2m", 20)
     # the mapping itself: the identity on one schedule; on the cosine one, the nearest noise level
     cosine = make_schedule(C.DiffusionConfig(schedule="cosine"))
     assert timesteps_at_noise_of(LINEAR, LINEAR, 100, 700) == [100, 700]

@@ -1,12 +1,14 @@
 """Sampling options: timestep spacings, trajectory lengths, guidance and its interval, batch
 invariance of `generate`, the defaults module and the settings a run carries."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from ddpmlab import cli, defaults
-from ddpmlab.config import ConfigError, DiffusionConfig, SamplingConfig, from_dict, to_dict
-from ddpmlab.diffusion import (SAMPLERS, Autoguide, Schedule, count_nfe, generate, guided_eps, make_schedule,
+from ddpmlab.config import ConfigError, DiffusionConfig, Sampling, SamplingConfig, from_dict, to_dict
+from ddpmlab.diffusion import (SAMPLERS, Schedule, count_nfe, generate, guided_denoiser, make_schedule,
                                make_timesteps, model_output_to_eps_x0, training_target)
 
 LINEAR, COSINE = make_schedule(DiffusionConfig(schedule="linear")), make_schedule(DiffusionConfig(schedule="cosine"))
@@ -92,9 +94,9 @@ def test_sigma_max_errors():
 def test_sigma_max_moves_steps_into_a_guidance_interval():
     from ddpmlab.diffusion import count_nfe
     # the cosine schedule's uncapped steps 2-4 lie above t 946; capped at 80 they move down into 203..946
-    assert count_nfe(1000, 10, "logsnr", COSINE, 0.3, (203, 946)) < count_nfe(1000, 10, "logsnr", COSINE, 0.3, (203, 946),
-                                                                              sigma_max=80.0)
-    assert count_nfe(1000, 10, "logsnr", COSINE, 0.3, None, sigma_max=80.0) == 20
+    guided = Sampling("dpm++2m", 10, 0.3, "logsnr", (203, 946))
+    assert count_nfe(COSINE, guided) < count_nfe(COSINE, dataclasses.replace(guided, sigma_max=80.0))
+    assert count_nfe(COSINE, Sampling("dpm++2m", 10, 0.3, "logsnr", None, 80.0)) == 20
 
 
 def test_spacing_errors_name_the_valid_ones():
@@ -148,17 +150,18 @@ def test_guidance_formula_by_hand():
     labels, x, t = torch.tensor([0, 2]), torch.full((2, 1, 1, 1), 0.5), torch.tensor([300, 300])
     # cond = 0.1 y + 0.5, uncond = 0.5 + 0.5: eps = cond + 3 (cond - uncond)
     want = torch.tensor([0.5 + 3 * (0.0 - 0.5), 0.7 + 3 * (0.2 - 0.5)]).view(2, 1, 1, 1)
-    torch.testing.assert_close(guided_eps(model, labels, 3.0, null_label=5, batched=True)(x, t), want)
+    w3 = Sampling("ddim", 10, guidance=3.0)
+    torch.testing.assert_close(guided_denoiser(model, labels, w3, null_label=5, batched=True)(x, t), want)
     assert calls == [4]                                 # one forward pass of the doubled batch
     calls.clear()
-    torch.testing.assert_close(guided_eps(model, labels, 3.0, null_label=5)(x, t), want)
+    torch.testing.assert_close(guided_denoiser(model, labels, w3, null_label=5)(x, t), want)
     assert calls == [2, 2]                              # on a CPU by default: two passes of the batch
 
 
 def test_guidance_interval_forward_passes():
     net = TinyNet()
     labels = torch.tensor([0, 1, 2])
-    fn = guided_eps(net, labels, 2.0, null_label=3, interval=(100, 500), batched=True)
+    fn = guided_denoiser(net, labels, Sampling("ddim", 10, 2.0, guidance_interval=(100, 500)), null_label=3, batched=True)
     x = torch.randn(3, 1, 4, 4)
     for t, batch in ((99, 3), (100, 6), (300, 6), (500, 6), (501, 3), (999, 3)):
         net.calls.clear()
@@ -168,8 +171,8 @@ def test_guidance_interval_forward_passes():
             torch.testing.assert_close(out, net(x, torch.full((3,), t), labels))
     # and through generate: guided steps are exactly those of the interval
     net.calls.clear()
-    generate(net, LINEAR, (1, 4, 4), seeds=range(3), labels=labels, sampler="ddim", steps=10, guidance=2.0,
-             null_label=3, guidance_interval=(200, 700))
+    generate(net, LINEAR, (1, 4, 4), Sampling("ddim", 10, 2.0, guidance_interval=(200, 700)), seeds=range(3),
+             labels=labels, null_label=3)
     ts = make_timesteps(1000, 10)
     assert net.calls == [c for t in ts for c in ([(3, t), (3, t)] if 200 <= t <= 700 else [(3, t)])]
 
@@ -179,8 +182,8 @@ def test_autoguidance_steers_away_from_the_guide_in_its_interval_only():
     with torch.no_grad():
         weak.scale.mul_(0.5)                            # a different network, so the formula shows
     labels = torch.tensor([0, 1, 2])
-    ag = Autoguide(weak, 1.5, (100, 500))
-    fn = guided_eps(net, labels, 2.0, null_label=3, interval=(0, 999), autoguide=ag, batched=True)
+    both = Sampling("ddim", 10, 2.0, guidance_interval=(0, 999), autoguidance=1.5, autoguidance_interval=(100, 500))
+    fn = guided_denoiser(net, labels, both, null_label=3, guide=weak, batched=True)
     x = torch.randn(3, 1, 4, 4)
     for t in (99, 100, 300, 500, 501):
         net.calls.clear(), weak.calls.clear()
@@ -193,26 +196,26 @@ def test_autoguidance_steers_away_from_the_guide_in_its_interval_only():
         else:                   # outside it, classifier-free guidance as before: one doubled pass
             assert net.calls == [(6, t)] and weak.calls == [], t
     # without classifier-free guidance, the steps outside the guide's interval are one plain pass
-    fn = guided_eps(net, labels, 0.0, null_label=3, autoguide=ag)
+    fn = guided_denoiser(net, labels, dataclasses.replace(both, guidance=0.0, guidance_interval=None), null_label=3,
+                         guide=weak)
     net.calls.clear(), weak.calls.clear()
     torch.testing.assert_close(fn(x, torch.full((3,), 700)), net(x, torch.full((3,), 700), labels))
     assert weak.calls == []
     # weight 0 is no autoguidance at all
-    assert guided_eps(net, labels, 0.0, null_label=3, autoguide=Autoguide(weak, 0.0))(x, torch.full((3,), 300)).shape == x.shape
+    assert guided_denoiser(net, labels, Sampling("ddim", 10), null_label=3, guide=weak)(x, torch.full((3,), 300)).shape == x.shape
     assert weak.calls == []
 
 
 def test_count_nfe_counts_what_generate_runs_with_autoguidance():
     net, weak = TinyNet(), TinyNet()
     labels = torch.tensor([0, 1, 2])
-    for guidance, interval, ag in ((0.0, None, Autoguide(weak, 1.0, (200, 946))),
-                                   (0.3, (300, 999), Autoguide(weak, 1.0, (200, 600))),
-                                   (0.3, (300, 999), None), (0.0, None, Autoguide(weak, 0.0))):
+    for guidance, interval, ag, ag_interval in ((0.0, None, 1.0, (200, 946)), (0.3, (300, 999), 1.0, (200, 600)),
+                                                (0.3, (300, 999), 0.0, None), (0.0, None, 0.0, None)):
         net.calls.clear(), weak.calls.clear()
-        generate(net, COSINE, (1, 4, 4), seeds=range(3), labels=labels, sampler="dpm++3m", steps=10, guidance=guidance,
-                 null_label=3, guidance_interval=interval, spacing="logsnr", sigma_max=55.0, autoguide=ag)
+        s = Sampling("dpm++3m", 10, guidance, "logsnr", interval, 55.0, ag, ag_interval)
+        generate(net, COSINE, (1, 4, 4), s, seeds=range(3), labels=labels, null_label=3, guide=weak)
         ran = sum(b // 3 for b, _ in net.calls) + len(weak.calls)           # network evaluations per image
-        assert count_nfe(1000, 10, "logsnr", COSINE, guidance, interval, 55.0, ag) == ran, (guidance, interval)
+        assert count_nfe(COSINE, s) == ran, (guidance, interval)
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
@@ -221,11 +224,11 @@ def test_generate_is_independent_of_the_batch_size(sampler, prediction):
     s = Schedule(LINEAR.betas, LINEAR.alphas_cumprod, prediction)
     net = TinyNet()
     labels = torch.arange(20) % 3
-    kw = dict(seeds=range(100, 120), labels=labels, sampler=sampler, steps=6, guidance=1.5, null_label=3,
-              spacing="karras", guidance_interval=(0, 900))
-    ref = generate(net, s, (1, 5, 5), batch_size=64, **kw)
+    kw = dict(seeds=range(100, 120), labels=labels, null_label=3)
+    how = Sampling(sampler, 6, 1.5, "karras", (0, 900))
+    ref = generate(net, s, (1, 5, 5), how, batch_size=64, **kw)
     for b in (1, 7):
-        assert torch.equal(generate(net, s, (1, 5, 5), batch_size=b, **kw), ref), b
+        assert torch.equal(generate(net, s, (1, 5, 5), how, batch_size=b, **kw), ref), b
 
 
 # --------------------------------------------------------------------------- settings and flags
@@ -256,20 +259,26 @@ def test_sampling_config_new_fields_are_optional_and_checked():
             from_dict(SamplingConfig, bad)
 
 
-def test_sampling_settings_carry_spacing_and_interval():
-    from ddpmlab.sample import sampling_settings
+def test_resolve_sampling_carries_spacing_and_interval():
     from ddpmlab.recipes import make_run_config
+    from ddpmlab.sample import resolve_sampling
     rc = make_run_config("resnet-class")
-    assert sampling_settings(rc) == ("dpm++2m", 20, 0.0, "trailing", None, None)
+    assert resolve_sampling(rc) == Sampling("dpm++2m", 20, 0.0, "trailing", None, None)
     rc.sampling = SamplingConfig(spacing="logsnr", guidance=0.3, guidance_interval=[10, 20], sigma_max=80.0)
-    assert sampling_settings(rc)[2:] == (0.3, "logsnr", [10, 20], 80.0)
-    assert sampling_settings(rc, spacing="karras", guidance_interval=(0, 999), sigma_max=20)[3:] == ("karras", [0, 999], 20.0)
+    assert resolve_sampling(rc) == Sampling("dpm++2m", 20, 0.3, "logsnr", (10, 20), 80.0)
+    flags = SamplingConfig(spacing="karras", guidance_interval=[0, 999], sigma_max=20)
+    assert resolve_sampling(rc, flags) == Sampling("dpm++2m", 20, 0.3, "karras", (0, 999), 20.0)
     # unguided, an interval means nothing: the same settings (and the same cached evaluation)
-    assert sampling_settings(rc, guidance=0.0)[2:] == (0.0, "logsnr", None, 80.0)
+    assert resolve_sampling(rc, SamplingConfig(guidance=0.0)) == Sampling("dpm++2m", 20, 0.0, "logsnr", None, 80.0)
     # evenly spaced t has no range to cap: the run's own cap is dropped, one asked for is an error
-    assert sampling_settings(rc, spacing="trailing")[3:] == ("trailing", [10, 20], None)
+    assert resolve_sampling(rc, SamplingConfig(spacing="trailing")) == Sampling("dpm++2m", 20, 0.3, "trailing", (10, 20))
     with pytest.raises(ConfigError, match="--sigma-max 80 caps the logsnr and karras spacings"):
-        sampling_settings(rc, spacing="trailing", sigma_max=80)
+        resolve_sampling(rc, SamplingConfig(spacing="trailing", sigma_max=80))
+    # a resolved value passes through unchanged; autoguidance needs a guide the run names
+    s = resolve_sampling(rc)
+    assert resolve_sampling(rc, s) is s
+    with pytest.raises(ConfigError, match="names no guide network"):
+        resolve_sampling(rc, SamplingConfig(autoguidance=1.0))
 
 
 def test_cli_spacing_and_interval_flags():

@@ -13,7 +13,7 @@ from torch import nn
 
 from ddpmlab import cli, data as D
 from ddpmlab import render
-from ddpmlab.config import PRESETS, ConfigError, ModelConfig, get_preset, to_dict
+from ddpmlab.config import PRESETS, ConfigError, ModelConfig, Sampling, get_preset, to_dict
 from ddpmlab.diffusion import ddim, loss_fn, make_schedule, make_timesteps, PerImageNoise
 from ddpmlab.models import build_model, count_parameters
 from ddpmlab.models.layers import Norm, ResBlock
@@ -360,9 +360,9 @@ def test_guidance_changes_samples_and_zero_is_plain_conditional(preset):
     model = randomise(build_model(cfg)).eval()
     schedule = make_schedule()
     labels = torch.tensor([0, 1, 2, 3])
-    kw = dict(labels=labels, seed=5, steps=3, sampler="ddim")
-    plain = render.draw(model, schedule, cfg, 4, guidance=0.0, **kw)
-    guided = render.draw(model, schedule, cfg, 4, guidance=2.0, **kw)
+    kw = dict(labels=labels, seed=5)
+    plain = render.draw(model, schedule, cfg, 4, Sampling("ddim", 3), **kw)
+    guided = render.draw(model, schedule, cfg, 4, Sampling("ddim", 3, guidance=2.0), **kw)
     assert not torch.allclose(plain, guided, atol=1e-4)
     # W = 0 is exactly the conditional sampler with eps = model(x, t, label), no null branch
     seeds = [5 * 1_000_003 + i for i in range(4)]

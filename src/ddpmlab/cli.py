@@ -124,16 +124,22 @@ def parse_interval(text: str | None) -> list | None:
     return value
 
 
-def cmd_sample(args) -> None:
-    from .sample import load_run, sample, save_grid, save_npz
+def sampling_from(args) -> C.SamplingConfig:
+    """The sampling flags given (None: not given, the run's own or the default then), as one value."""
     _check_steps(args.steps)
-    interval = parse_interval(args.guidance_interval)
-    run = load_run(args.run, device=args.device, precision=args.precision, autoguidance=args.autoguidance)
+    return C.SamplingConfig(sampler=args.sampler, steps=args.steps, guidance=args.guidance, spacing=args.spacing,
+                            guidance_interval=parse_interval(args.guidance_interval), sigma_max=args.sigma_max,
+                            autoguidance=args.autoguidance)
+
+
+def cmd_sample(args) -> None:
+    from .sample import load_run, resolve_sampling, sample, save_grid, save_npz
+    flags = sampling_from(args)
+    run = load_run(args.run, device=args.device, precision=args.precision)
     if args.labels is not None and args.labels != "all":
         raise C.ConfigError(f"--labels {args.labels!r}: valid: all")
     labels = "all" if args.labels == "all" else args.label
-    x, y = sample(run, args.n, labels=labels, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                  seed=args.seed, spacing=args.spacing, guidance_interval=interval, sigma_max=args.sigma_max)
+    x, y = sample(run, args.n, labels=labels, seed=args.seed, sampling=resolve_sampling(run.config, flags, run.path))
     from .run import default_output
     grid = args.grid or (None if args.npz else default_output(run.path, "samples/sample.png"))
     if grid:
@@ -145,14 +151,12 @@ def cmd_sample(args) -> None:
 
 
 def cmd_process(args) -> None:
-    from .sample import load_run, process
-    _check_steps(args.steps)
-    interval = parse_interval(args.guidance_interval)
-    run = load_run(args.run, device=args.device, precision=args.precision, autoguidance=args.autoguidance)
+    from .sample import load_run, process, resolve_sampling
+    flags = sampling_from(args)
+    run = load_run(args.run, device=args.device, precision=args.precision)
     from .run import default_output
     out = args.out or default_output(run.path, "process.png")
-    process(run, out, label=args.label, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-            spacing=args.spacing, guidance_interval=interval, sigma_max=args.sigma_max)
+    process(run, out, label=args.label, n=args.n, seed=args.seed, sampling=resolve_sampling(run.config, flags, run.path))
     print(f"process figure: {out}")
 
 
@@ -185,12 +189,9 @@ def cmd_evaluate(args) -> None:
         r = evaluate_npz(src, args.n, sampler=args.sampler, steps=args.steps, guidance=args.guidance, **kw)
         out = args.out or src.with_suffix(".eval.json")
     else:
-        _check_steps(args.steps)
         r, cached = cached_evaluate_run(args.run_or_npz, 1000 if args.n is None else args.n,
-                                        sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                                        seed=args.seed, device=args.device, precision=args.precision,
-                                        spacing=args.spacing, guidance_interval=parse_interval(args.guidance_interval),
-                                        sigma_max=args.sigma_max, autoguidance=args.autoguidance, **kw)
+                                        sampling=sampling_from(args), seed=args.seed, device=args.device,
+                                        precision=args.precision, **kw)
         out = args.out or cached
     print(format_table(r))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -200,9 +201,7 @@ def cmd_evaluate(args) -> None:
 
 def cmd_report(args) -> None:
     from .report import write_report
-    path = write_report(args.runs, args.out, n=args.n, sampler=args.sampler, steps=args.steps,
-                        guidance=args.guidance, evaluate=not args.no_eval, spacing=args.spacing,
-                        guidance_interval=parse_interval(args.guidance_interval), sigma_max=args.sigma_max)
+    path = write_report(args.runs, args.out, n=args.n, sampling=sampling_from(args), evaluate=not args.no_eval)
     print(f"report: {path} and {path.parent / 'report.html'}")
 
 
@@ -339,44 +338,43 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the network's arithmetic while sampling; auto: bf16 on CUDA and on CPUs with native "
                             "bf16 (default: %(default)s)")
 
-    def spacing_flags(p, default_text=own):
+    def sampling_flags(p, default_text=own):
+        """The flags of how to sample, declared once for sample, process, evaluate and report;
+        `sampling_from(args)` reads them into one SamplingConfig."""
+        p.add_argument("--sampler", choices=SAMPLER_NAMES, help=f"default: {default_text} {DEFAULT_SAMPLER}")
+        p.add_argument("--steps", type=int, help=f"default: {default_text} {DEFAULT_STEPS}")
+        p.add_argument("--guidance", type=float,
+                       help=f"classifier-free guidance weight, 0 = plain conditional (default: {default_text} 0)")
         p.add_argument("--spacing", choices=SPACINGS, help=f"timestep spacing (default: {default_text} {DEFAULT_SPACING})")
         p.add_argument("--guidance-interval", metavar="LO,HI",
                        help=f"guide only at timesteps LO..HI (default: {default_text} every step)")
         p.add_argument("--sigma-max", type=float, metavar="S",
                        help="logsnr and karras spacings: start their range at noise level sigma S (EDM: 80) where the "
                             f"schedule's top is higher (default: {default_text} the schedule's top)")
-
-    def autoguide_flag(p):
         p.add_argument("--autoguidance", type=float, metavar="W",
                        help="weight of autoguidance: guided steps in its interval steer away from the weaker network "
                             "the run names (config.json sampling.guide) instead of the null label; 0: off "
-                            f"(default: {own} off)")
+                            f"(default: {default_text} off)")
 
-    def sampling_flags(p):
+    def run_flags(p):
         p.add_argument("run", help="run directory or shipped model name")
-        p.add_argument("--sampler", choices=SAMPLER_NAMES, help=f"default: {own} {DEFAULT_SAMPLER}")
-        p.add_argument("--steps", type=int, help=f"default: {own} {DEFAULT_STEPS}")
-        spacing_flags(p)
-        autoguide_flag(p)
+        sampling_flags(p)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
         precision_flag(p)
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("sample", help="draw samples: a grid and/or an .npz")
-    sampling_flags(p)
+    run_flags(p)
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--label", type=int, help="class to draw (default: cycle all classes)")
     p.add_argument("--labels", help="'all': cycle the labels 0..K-1")
-    p.add_argument("--guidance", type=float,
-                   help=f"classifier-free guidance weight, 0 = plain conditional (default: {own} 0)")
     p.add_argument("--grid")
     p.add_argument("--npz")
     p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser("process", help="the generation-process figure")
-    sampling_flags(p)
+    run_flags(p)
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--label", type=int)
     p.add_argument("--out")
@@ -385,11 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="sample quality beside its floor on real data (classifier FD, ...)")
     p.add_argument("run_or_npz", metavar="RUN_OR_NPZ", help="run directory, shipped model name, or .npz of samples")
     p.add_argument("--n", type=int, help="samples to draw (default 1000) or to read from the .npz (default all)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, help=f"default: {own} {DEFAULT_SAMPLER}")
-    p.add_argument("--steps", type=int, help=f"default: {own} {DEFAULT_STEPS}")
-    p.add_argument("--guidance", type=float, help=f"classifier-free guidance weight (default: {own} 0)")
-    spacing_flags(p)
-    autoguide_flag(p)
+    sampling_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     precision_flag(p)
@@ -413,10 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--out", default="report")
     p.add_argument("--n", type=int, default=1000, help="samples evaluated per run")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, help=f"default: each run's own, else {DEFAULT_SAMPLER}")
-    p.add_argument("--steps", type=int, help=f"default: each run's own, else {DEFAULT_STEPS}")
-    p.add_argument("--guidance", type=float, help="default: each run's own, else 0")
-    spacing_flags(p, "each run's own, else")
+    sampling_flags(p, "each run's own, else")
     p.add_argument("--no-eval", action="store_true", help="figures only, no evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_report)

@@ -128,6 +128,36 @@ class SamplingConfig:
         return self
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """The sampling settings of one call, resolved once at the edge (sample.resolve_sampling: each
+    flag given, else the run's config.json "sampling", else ddpmlab's defaults) and then passed
+    whole: to the denoiser that folds in the guidance, the timesteps, the NFE count and the name
+    of a cached evaluation, so that none of them can drift from what was sampled."""
+    sampler: str
+    steps: int
+    guidance: float = 0.0                       # classifier-free guidance weight, 0: none
+    spacing: str = "trailing"
+    guidance_interval: tuple | None = None      # (t_lo, t_hi): classifier-free guidance only there
+    sigma_max: float | None = None              # logsnr/karras: the top of their range
+    autoguidance: float = 0.0                   # weight of the guide network, 0: off
+    autoguidance_interval: tuple | None = None  # (t_lo, t_hi) where autoguidance takes the step over
+    guide: str | None = None                    # the guide's directory, relative to the run (when on)
+
+    def key(self) -> str:
+        """The part of a cached evaluation's file name that says how it sampled:
+        SAMPLER-STEPSsteps-gW[-SPACING][-smaxS][-giLO-HI][-agW[-agiLO-HI]] (spacing only when not
+        trailing, sigma_max and the intervals only when set, -agW with autoguidance)."""
+        k = f"{self.sampler}-{self.steps}steps-g{self.guidance:g}"
+        k += "" if self.spacing == "trailing" else f"-{self.spacing}"
+        k += "" if self.sigma_max is None else f"-smax{self.sigma_max:g}"
+        k += "" if self.guidance_interval is None else "-gi{}-{}".format(*self.guidance_interval)
+        if self.autoguidance:
+            k += f"-ag{self.autoguidance:g}"
+            k += "" if self.autoguidance_interval is None else "-agi{}-{}".format(*self.autoguidance_interval)
+        return k
+
+
 def check_guidance_interval(value, name: str = "guidance_interval") -> list | None:
     """[t_lo, t_hi] as two ints with 0 <= t_lo <= t_hi, or None."""
     if value is None:

@@ -3,9 +3,10 @@
 This module knows nothing of architectures: a network is any callable net(x_t, t, label).
 Samplers are plain functions with one signature:
 
-    sampler(eps_fn, schedule, x_T, timesteps, *, noise, clip, callback, eta) -> x_0
+    sampler(denoise, schedule, x_T, timesteps, *, noise, clip, callback, eta) -> x_0
 
-where eps_fn(x, t) already closes over labels and guidance and returns the network's output,
+where denoise(x, t) already closes over labels and guidance (`guided_denoiser`) and returns the
+network's output,
 which `schedule.prediction` says how to read (eps, v or x0: `model_output_to_eps_x0`, the one
 place it is converted), `timesteps` is a decreasing sequence of integer timesteps
 (`make_timesteps`), and `noise(shape)` supplies fresh Gaussian noise (per image seeded by the
@@ -20,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import ConfigError, DiffusionConfig
+from .config import ConfigError, DiffusionConfig, Sampling
 from .defaults import (DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS, LOWER_ORDER_FINAL_BELOW,  # noqa: F401
                        SAMPLE_PRECISION, SAMPLER_NAMES, SPACINGS)
 from .runtime import autocast, progress_bar
@@ -212,8 +213,8 @@ def model_output_to_eps_x0(prediction: str, x: torch.Tensor, out: torch.Tensor, 
     raise ConfigError(f"unknown prediction {prediction!r}; valid: eps, v, x0")
 
 
-def _predict(eps_fn, schedule: Schedule, x: torch.Tensor, tb: torch.Tensor, a: torch.Tensor):
-    return model_output_to_eps_x0(schedule.prediction, x, eps_fn(x, tb), a)
+def _predict(denoise, schedule: Schedule, x: torch.Tensor, tb: torch.Tensor, a: torch.Tensor):
+    return model_output_to_eps_x0(schedule.prediction, x, denoise(x, tb), a)
 
 
 def _x0_from_eps(x, eps, a):
@@ -226,7 +227,19 @@ def _t_batch(t: int, x: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- samplers
 
-def ddpm(eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, noise, clip: bool = True,
+def _step_start(denoise, schedule: Schedule, x: torch.Tensor, ts: list, i: int, clip: bool):
+    """What DDPM and DDIM both begin a step with: the timestep after ts[i] (-1 past the end), abar
+    at both, and the network's eps and x0 at x_t (x0 clipped to [-1, 1] with clip)."""
+    prev = ts[i + 1] if i + 1 < len(ts) else -1
+    tb = _t_batch(ts[i], x)
+    a_t, a_prev = schedule.abar(tb, x), schedule.abar(_t_batch(prev, x), x)
+    eps, x0 = _predict(denoise, schedule, x, tb, a_t)
+    if clip:
+        x0 = x0.clamp(-1, 1)
+    return prev, a_t, a_prev, eps, x0
+
+
+def ddpm(denoise, schedule: Schedule, x: torch.Tensor, timesteps, *, noise, clip: bool = True,
          callback: Callable | None = None, eta: float = 1.0) -> torch.Tensor:
     """Ancestral sampling (DDPM, Ho et al. 2020, eq. 6-7 with sigma^2 = beta-tilde).
 
@@ -234,12 +247,7 @@ def ddpm(eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, noise, clip:
     respaced DDPM of Nichol & Dhariwal (2021) does. eta is ignored."""
     ts = list(timesteps)
     for i, t in enumerate(ts):
-        prev = ts[i + 1] if i + 1 < len(ts) else -1
-        tb = _t_batch(t, x)
-        a_t, a_prev = schedule.abar(tb, x), schedule.abar(_t_batch(prev, x), x)
-        eps, x0 = _predict(eps_fn, schedule, x, tb, a_t)
-        if clip:
-            x0 = x0.clamp(-1, 1)
+        prev, a_t, a_prev, eps, x0 = _step_start(denoise, schedule, x, ts, i, clip)
         beta_t = 1 - a_t / a_prev
         # posterior mean (eq. 7): coefficients of x0 and x_t
         mean = (a_prev.sqrt() * beta_t / (1 - a_t)) * x0 + ((1 - beta_t).sqrt() * (1 - a_prev) / (1 - a_t)) * x
@@ -253,7 +261,7 @@ def ddpm(eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, noise, clip:
     return x
 
 
-def ddim(eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, noise, clip: bool = True,
+def ddim(denoise, schedule: Schedule, x: torch.Tensor, timesteps, *, noise, clip: bool = True,
          callback: Callable | None = None, eta: float = 0.0) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta = 1 is DDPM-like.
 
@@ -264,12 +272,8 @@ def ddim(eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, noise, clip:
     (docs/experiments.md)."""
     ts = list(timesteps)
     for i, t in enumerate(ts):
-        prev = ts[i + 1] if i + 1 < len(ts) else -1
-        tb = _t_batch(t, x)
-        a_t, a_prev = schedule.abar(tb, x), schedule.abar(_t_batch(prev, x), x)
-        eps, x0 = _predict(eps_fn, schedule, x, tb, a_t)
+        prev, a_t, a_prev, eps, x0 = _step_start(denoise, schedule, x, ts, i, clip)
         if clip:
-            x0 = x0.clamp(-1, 1)
             eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
         # eq. 16: sigma_t = eta * sqrt((1 - abar_prev)/(1 - abar_t)) * sqrt(1 - abar_t/abar_prev)
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
@@ -281,7 +285,7 @@ def ddim(eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, noise, clip:
     return x
 
 
-def _dpmpp_multistep(order: int, eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, clip: bool,
+def _dpmpp_multistep(order: int, denoise, schedule: Schedule, x: torch.Tensor, timesteps, *, clip: bool,
                      callback: Callable | None, lower_order_final: bool | None) -> torch.Tensor:
     """DPM-Solver++(2M) / (3M) (Lu et al. 2022, Algorithm 2 and its third-order multistep form,
     as diffusers' DPMSolverMultistepScheduler with algorithm_type dpmsolver++, midpoint, final
@@ -297,7 +301,7 @@ def _dpmpp_multistep(order: int, eps_fn, schedule: Schedule, x: torch.Tensor, ti
         prev = ts[i + 1] if i + 1 < n else -1
         tb = _t_batch(t, x)
         a_s = schedule.abar(tb, x)
-        _, x0 = _predict(eps_fn, schedule, x, tb, a_s)
+        _, x0 = _predict(denoise, schedule, x, tb, a_s)
         if clip:
             x0 = x0.clamp(-1, 1)
         if prev < 0:
@@ -331,7 +335,7 @@ def _dpmpp_multistep(order: int, eps_fn, schedule: Schedule, x: torch.Tensor, ti
     return x
 
 
-def dpmpp_2m(eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, noise=None, clip: bool = True,
+def dpmpp_2m(denoise, schedule: Schedule, x: torch.Tensor, timesteps, *, noise=None, clip: bool = True,
              callback: Callable | None = None, eta: float = 0.0) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a second-order multistep solver of the
     diffusion ODE in the data-prediction form, one network evaluation per step.
@@ -343,17 +347,17 @@ def dpmpp_2m(eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, noise=No
     first order, i.e. the clean-image prediction (a second-order step to sigma = 0 does not exist:
     h is infinite). So DPM-Solver's and diffusers' lower_order_final, their default below 15 steps,
     is what this solver always does. Deterministic: `noise` and eta are unused."""
-    return _dpmpp_multistep(2, eps_fn, schedule, x, timesteps, clip=clip, callback=callback,
+    return _dpmpp_multistep(2, denoise, schedule, x, timesteps, clip=clip, callback=callback,
                             lower_order_final=False)
 
 
-def dpmpp_3m(eps_fn, schedule: Schedule, x: torch.Tensor, timesteps, *, noise=None, clip: bool = True,
+def dpmpp_3m(denoise, schedule: Schedule, x: torch.Tensor, timesteps, *, noise=None, clip: bool = True,
              callback: Callable | None = None, eta: float = 0.0, lower_order_final: bool | None = None) -> torch.Tensor:
     """DPM-Solver++(3M): the third-order multistep form (diffusers' solver_order=3). Steps 1 and
     2 are first and second order; the last is first order (to sigma = 0); with lower_order_final
     (None: below 15 steps, as diffusers) the second-to-last is second order. Lu et al. advise
     order 2 for guided sampling, 3 for unguided. Deterministic: `noise` and eta are unused."""
-    return _dpmpp_multistep(3, eps_fn, schedule, x, timesteps, clip=clip, callback=callback,
+    return _dpmpp_multistep(3, denoise, schedule, x, timesteps, clip=clip, callback=callback,
                             lower_order_final=lower_order_final)
 
 
@@ -383,133 +387,114 @@ class PerImageNoise:
         return torch.stack([torch.randn(one, generator=g) for g in self.gens]).to(self.device, self.dtype)
 
 
-def count_nfe(T: int, steps: int, spacing: str | None = DEFAULT_SPACING, schedule: Schedule | None = None,
-              guidance: float = 0.0, interval=None, sigma_max: float | None = None,
-              autoguide: Autoguide | None = None) -> int:
-    """Network evaluations per image of a sampling run: one per step, two for a guided step
+def count_nfe(schedule: Schedule, s: Sampling) -> int:
+    """Network evaluations per image of sampling as `s` says: one per step, two for a guided step
     (the conditional and the null label, in one pass of twice the batch or two passes; or the
     network and autoguidance's weaker one): the steps `guidance_at` guides."""
-    if not guidance and (autoguide is None or autoguide.weight == 0):
-        return steps
-    ts = make_timesteps(T, steps, spacing, schedule, sigma_max)
-    return steps + sum(guidance_at(int(t), guidance, interval, autoguide) is not None for t in ts)
+    if not s.guidance and not s.autoguidance:
+        return s.steps
+    ts = make_timesteps(schedule.T, s.steps, s.spacing, schedule, s.sigma_max)
+    return s.steps + sum(guidance_at(int(t), s) is not None for t in ts)
 
 
-@dataclass(frozen=True)
-class Autoguide:
-    """Autoguidance (Karras et al. 2024): guide a network away from a worse version of itself (a
-    smaller one, or the same one trained for less), with the same labels, instead of away from the
-    null label: eps = eps_cond + w * (eps_cond - guide_cond). It corrects what the weak network
-    gets wrong rather than pushing toward the class, so it sharpens without narrowing a class.
-    interval (t_lo, t_hi): where it applies (None: every step); it takes such a step over from
-    classifier-free guidance. Two passes a step, one of each network."""
-    net: torch.nn.Module
-    weight: float
-    interval: tuple | None = None
-
-    def applies(self, t: int) -> bool:
-        return self.weight != 0 and (self.interval is None or self.interval[0] <= t <= self.interval[1])
-
-
-def guidance_at(t: int, guidance: float, interval=None, autoguide: Autoguide | None = None) -> str | None:
-    """How the step at timestep t is guided: "auto" (autoguidance, which takes the step over),
-    "cfg" (classifier-free, inside its interval), or None (one conditional pass). guided_eps
-    samples by it and count_nfe counts by it, so the two cannot disagree."""
-    if autoguide is not None and autoguide.applies(t):
+def guidance_at(t: int, s: Sampling) -> str | None:
+    """How the step at timestep t is guided: "auto" (autoguidance, which takes the step over in
+    its interval), "cfg" (classifier-free, inside its interval), or None (one conditional pass).
+    guided_denoiser samples by it and count_nfe counts by it, so the two cannot disagree."""
+    if s.autoguidance and (s.autoguidance_interval is None or s.autoguidance_interval[0] <= t <= s.autoguidance_interval[1]):
         return "auto"
-    if guidance and (interval is None or int(interval[0]) <= t <= int(interval[1])):
+    if s.guidance and (s.guidance_interval is None or s.guidance_interval[0] <= t <= s.guidance_interval[1]):
         return "cfg"
     return None
 
 
-def guided_eps(model, labels: torch.Tensor | None, guidance: float, null_label: int, interval=None,
-               autoguide: Autoguide | None = None, batched: bool | None = None):
-    """eps_fn for a sampler. With guidance w != 0 (classifier-free guidance, Ho & Salimans 2022):
-    eps = eps_cond + w * (eps_cond - eps_uncond), from two forward passes or one of twice the batch
-    (`batched`). The same combination of a v or x0 output is the same guided sampler: each is
-    affine in eps with coefficients that depend on x_t and t only.
+def guided_denoiser(model, labels: torch.Tensor | None, s: Sampling, null_label: int, guide=None,
+                    batched: bool | None = None):
+    """The one function a sampler calls: (x_t, t) -> the network's output (eps, v or x0, as the
+    network predicts), with the guidance of `s` folded in. Both kinds extrapolate the conditional
+    output away from a reference, out = ref + (1 + w) (cond - ref) (EDM2's ref.lerp(cond, 1 + w)):
 
-    interval (t_lo, t_hi): guide only the steps whose t lies in [t_lo, t_hi] (guidance in a
-    limited interval, Kynkaanniemi et al. 2024); elsewhere one conditional pass of the batch.
-    autoguide: steps where it applies are guided by its network instead (`Autoguide`).
+      classifier-free (Ho & Salimans 2022): ref is the null label's output, w = s.guidance, at the
+        steps inside s.guidance_interval (guidance in a limited interval, Kynkaanniemi et al. 2024);
+      autoguidance (Karras et al. 2024): ref is the weaker network `guide` with the same labels,
+        w = s.autoguidance, at the steps inside s.autoguidance_interval, where it takes the step over.
 
-    batched: the conditional and null-label passes as one pass of twice the batch (None: except on
-    a CPU, where the doubled batch's activations outgrow glibc's mmap threshold and are
-    page-faulted afresh by every op, so two passes of the batch are faster; the same numbers)."""
-    if labels is None or (not guidance and (autoguide is None or autoguide.weight == 0)):
+    The same combination of a v or x0 output is the same guided sampler: each is affine in eps
+    with coefficients that depend on x_t and t only. batched: the conditional and null-label
+    passes as one pass of twice the batch (None: except on a CPU, where the doubled batch's
+    activations outgrow glibc's mmap threshold and are page-faulted afresh by every op, so two
+    passes of the batch are faster; the same numbers)."""
+    if labels is None or (not s.guidance and not s.autoguidance):
         return lambda x, t: model(x, t, labels)
     null = torch.full_like(labels, null_label)
     both = torch.cat([labels, null])
 
-    def eps_fn(x, t):
-        how = guidance_at(int(t[0]), guidance, interval, autoguide)   # a sampler's t is one timestep for the batch
+    def denoise(x, t):
+        how = guidance_at(int(t[0]), s)          # a sampler's t is one timestep for the batch
         if how is None:
             return model(x, t, labels)
         if how == "auto":
             cond = model(x, t, labels)
-            return cond + autoguide.weight * (cond - autoguide.net(x, t, labels))
+            return cond + s.autoguidance * (cond - guide(x, t, labels))
         if batched if batched is not None else x.device.type != "cpu":
             cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
         else:
             cond, uncond = model(x, t, labels), model(x, t, null)
-        return cond + guidance * (cond - uncond)
-    return eps_fn
+        return cond + s.guidance * (cond - uncond)
+    return denoise
 
 
-def _in_precision(eps_fn, device: torch.device, precision: str):
+def _in_precision(denoise, device: torch.device, precision: str):
     if precision == "fp32":
-        return eps_fn
+        return denoise
 
     def run(x, t):
         with autocast(device, precision):
-            return eps_fn(x, t).float()
+            return denoise(x, t).float()
     return run
 
 
 @torch.inference_mode()
-def generate(model, schedule: Schedule, shape, *, seeds, labels=None, sampler: str = DEFAULT_SAMPLER,
-             steps: int = DEFAULT_STEPS, eta: float | None = None, guidance: float = 0.0, null_label: int = 0,
-             clip: bool = True, callback=None, device="cpu", batch_size: int | None = None,
-             precision: str = "fp32", spacing: str | None = DEFAULT_SPACING, guidance_interval=None,
-             sigma_max: float | None = None, autoguide: Autoguide | None = None) -> torch.Tensor:
-    """Draw len(seeds) images of `shape` (C, H, W) in [-1, 1]; returns a float32 CPU tensor.
-
-    spacing, sigma_max: of the timesteps (`make_timesteps`); guidance_interval (t_lo, t_hi): where guidance
-    applies (`guided_eps`);
-    autoguide: a weaker network that steps in its interval steer away from (`Autoguide`).
+def generate(model, schedule: Schedule, shape, s: Sampling, *, seeds, labels=None, eta: float | None = None,
+             null_label: int = 0, clip: bool = True, callback=None, device="cpu", batch_size: int | None = None,
+             precision: str = "fp32", guide=None) -> torch.Tensor:
+    """Draw len(seeds) images of `shape` (C, H, W) in [-1, 1] as `s` says; returns a float32 CPU
+    tensor. The sampler sees one denoiser (`guided_denoiser`, guide: autoguidance's weaker network)
+    and the timesteps (`make_timesteps`).
 
     precision "bf16": the network runs under bf16 autocast and its output is cast back, so the
     solver's state and arithmetic stay fp32.
 
     batch_size None: 256 on accelerators, 64 on a CPU, where big batches are slower per image
-    (activations past glibc's 32 MB mmap threshold are mapped and page-faulted afresh by every op):
-    docs/experiments.md), and guidance doubles the batch
-    the network sees off a CPU (on a CPU it makes two passes, `guided_eps`)."""
-    fn = get_sampler(sampler)
+    (activations past glibc's 32 MB mmap threshold are mapped and page-faulted afresh by every op;
+    docs/experiments.md), and guidance doubles the batch the network sees off a CPU (on a CPU it
+    makes two passes, `guided_denoiser`)."""
+    if s.autoguidance and guide is None:
+        raise ValueError("autoguidance needs its guide network")
+    fn = get_sampler(s.sampler)
     if batch_size is None:
         batch_size = 64 if torch.device(device).type == "cpu" else 256
-    ts = make_timesteps(schedule.T, steps, spacing, schedule, sigma_max)
+    ts = make_timesteps(schedule.T, s.steps, s.spacing, schedule, s.sigma_max)
     kw = {} if eta is None else {"eta": eta}
     out = []
     # one tick per image and solver step; shown on a terminal while the command line allows it
-    bar = progress_bar(total=len(seeds) * len(ts), desc=f"sampling ({sampler}, {len(ts)} steps)", unit="img-step")
+    bar = progress_bar(total=len(seeds) * len(ts), desc=f"sampling ({s.sampler}, {len(ts)} steps)", unit="img-step")
     with bar:
-        for s in range(0, len(seeds), batch_size):
-            chunk = list(seeds[s:s + batch_size])
+        for i in range(0, len(seeds), batch_size):
+            chunk = list(seeds[i:i + batch_size])
             noise = PerImageNoise(chunk, device)
             x = noise((len(chunk), *shape))
-            lab = None if labels is None else labels[s:s + batch_size].to(device)
-            cb = None if callback is None else (lambda i, t, xt, x0, _s=s: callback(_s, i, t, xt, x0))
-            eps_fn = _in_precision(guided_eps(model, lab, guidance, null_label, guidance_interval, autoguide),
-                                   torch.device(device), precision)
-            x = fn(_ticking(eps_fn, bar, len(chunk)), schedule, x, ts, noise=noise, clip=clip, callback=cb, **kw)
+            lab = None if labels is None else labels[i:i + batch_size].to(device)
+            cb = None if callback is None else (lambda j, t, xt, x0, _i=i: callback(_i, j, t, xt, x0))
+            denoise = _in_precision(guided_denoiser(model, lab, s, null_label, guide), torch.device(device), precision)
+            x = fn(_ticking(denoise, bar, len(chunk)), schedule, x, ts, noise=noise, clip=clip, callback=cb, **kw)
             out.append(x.float().cpu())
     return torch.cat(out)
 
 
-def _ticking(eps_fn, bar, n: int):
+def _ticking(denoise, bar, n: int):
     def run(x, t):
-        e = eps_fn(x, t)
+        e = denoise(x, t)
         bar.update(n)
         return e
     return run

@@ -1,6 +1,6 @@
 """Sample quality, measured in the feature space of the shipped FashionMNIST classifier (SPEC §4).
 
-    >>> r = evaluate_run("runs/resnet-class", n=1000, steps=50)   # sample, then evaluate
+    >>> r = evaluate_run("runs/resnet-class", n=1000, sampling=SamplingConfig(steps=50))   # sample, evaluate
     >>> r = evaluate_npz("samples.npz")                           # arr_0 uint8 (N, 28, 28, 1), arr_1 labels
     >>> r["fd"], r["fd_floor"], r["cond_acc"], r["mode_collapse"]
 
@@ -50,7 +50,7 @@ from threadpoolctl import threadpool_limits
 
 from . import __version__
 from .classifier import PRETRAINED, load_classifier, predict
-from .config import ConfigError
+from .config import ConfigError, Sampling, SamplingConfig
 from .data import FASHION_CLASSES, load_fashion_mnist, to_uint8
 from .defaults import SAMPLE_PRECISION
 from .metrics import (K_NN, NUM_CLASSES, collapsed_classes, confusion, entropy, fd, frechet_distance, gauss,
@@ -255,36 +255,26 @@ def run_eval_dir(run_dir) -> Path:
     return run_dir / "eval"
 
 
-def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int | None = None,
-                        guidance: float | None = None, seed: int = 0, device: str = "auto",
-                        precision: str = SAMPLE_PRECISION, spacing: str | None = None, guidance_interval=None,
-                        sigma_max: float | None = None, autoguidance: float | None = None,
-                        **kw) -> tuple[dict, Path]:
-    """evaluate_run, kept as RUN/eval/SAMPLER-STEPSsteps-gW[-SPACING][-smaxS][-giLO-HI][-agW[-agiLO-HI]]-nN-seedS[-bf16].json
-    (spacing only when not trailing, sigma_max and the intervals only when set, -agW with
-    autoguidance) and reused until the weights (the guide's too) change; `report` and `evaluate`
-    share it. Returns the result and its file. sampler, steps, guidance, spacing,
-    guidance_interval, sigma_max, autoguidance: None for the run's own settings
-    (sample.sampling_settings, sample.load_run)."""
-    from .defaults import DEFAULT_SPACING
-    from .run import load_config, resolve_run
-    from .sample import autoguidance_weight, guide_dir, sampling_settings
-    run_dir = resolve_run(run)
-    rc = load_config(run_dir)
-    sampler, steps, guidance, spacing, interval, sigma_max = sampling_settings(
-        rc, sampler, steps, guidance, spacing, guidance_interval, sigma_max)
-    ag = autoguidance_weight(rc, autoguidance, run_dir)
-    guided_by = guide_dir(run_dir, rc) if ag else None
-    precision = resolve_precision(precision, resolve_device(device))
-    tag = "" if precision == "fp32" else f"-{precision}"
-    how = ("" if spacing == DEFAULT_SPACING else f"-{spacing}") + ("" if sigma_max is None else f"-smax{sigma_max:g}") + \
-        ("" if interval is None else "-gi{}-{}".format(*interval)) + ("" if guided_by is None else f"-ag{ag:g}" + (
-            "-agi{}-{}".format(*rc.sampling.autoguidance_interval) if rc.sampling.autoguidance_interval else ""))
-    path = run_eval_dir(run_dir) / f"{sampler}-{steps}steps-g{guidance:g}{how}-n{n}-seed{seed}{tag}.json"
-    # reused only for the same weights, classifier and metric code: a retrained run, another
-    # classifier or a new ddpmlab version evaluates afresh
+def cached_evaluate_run(run, n: int = 1000, *, sampling: SamplingConfig | Sampling | None = None, seed: int = 0,
+                        device: str = "auto", precision: str = SAMPLE_PRECISION, **kw) -> tuple[dict, Path]:
+    """evaluate_run, kept as RUN/eval/KEY-nN-seedS[-bf16].json (KEY: Sampling.key, the resolved
+    settings) and reused until the weights (the guide's too) change; `report` and `evaluate`
+    share it. Returns the result and its file. sampling: the flags to resolve against the run's
+    own settings (None: its own), or a resolved Sampling; resolved here, once, and the same value
+    names the file and draws the samples."""
     from . import __version__, checkpoint
     from .classifier import PRETRAINED
+    from .run import load_config, resolve_run
+    from .sample import guide_dir, resolve_sampling
+    run_dir = resolve_run(run)
+    rc = load_config(run_dir)
+    s = resolve_sampling(rc, sampling, run_dir)
+    guided_by = guide_dir(run_dir, rc) if s.autoguidance else None
+    precision = resolve_precision(precision, resolve_device(device))
+    tag = "" if precision == "fp32" else f"-{precision}"
+    path = run_eval_dir(run_dir) / f"{s.key()}-n{n}-seed{seed}{tag}.json"
+    # reused only for the same weights, classifier and metric code: a retrained run, another
+    # classifier or a new ddpmlab version evaluates afresh
     clf = Path(kw.get("classifier") or PRETRAINED)
     key = {"weights_sha256": checkpoint.sha256(run_dir, "ema.safetensors"),
            "classifier_sha256": file_sha256(clf) if clf.is_file() else None, "ddpmlab": __version__,
@@ -298,9 +288,7 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps
             old = {}
         if old.get("cache_key") == key:
             return old, path
-    r = evaluate_run(run_dir, n, sampler=sampler, steps=steps, guidance=guidance, seed=seed, device=device,
-                     precision=precision, spacing=spacing, guidance_interval=interval, sigma_max=sigma_max,
-                     autoguidance=autoguidance, **kw)
+    r = evaluate_run(run_dir, n, sampling=s, seed=seed, device=device, precision=precision, **kw)
     r["cache_key"] = key
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(r, indent=2) + "\n"
@@ -308,18 +296,15 @@ def cached_evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps
     return r, path
 
 
-def evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0, device: str = "auto", precision: str = SAMPLE_PRECISION,
-                 spacing: str | None = None, guidance_interval=None, sigma_max: float | None = None,
-                 autoguidance: float | None = None, **kw) -> dict:
-    """Draw n samples from a run (labels cycling 0..9 when conditional) and evaluate them;
-    precision: the network's while sampling, autoguidance: the weight of the run's guide network
-    (None: the run's own; a LoadedRun brings its own of both)."""
+def evaluate_run(run, n: int = 1000, *, sampling: SamplingConfig | Sampling | None = None, seed: int = 0,
+                 device: str = "auto", precision: str = SAMPLE_PRECISION, **kw) -> dict:
+    """Draw n samples from a run (labels cycling 0..9 when conditional) and evaluate them.
+    sampling: as cached_evaluate_run; precision: the network's while sampling (a LoadedRun brings
+    its own)."""
     from .diffusion import count_nfe
-    from .sample import load_run, sample, sampling_settings
-    loaded = run if hasattr(run, "model") else load_run(run, device=device, precision=precision, autoguidance=autoguidance)
-    sampler, steps, guidance, spacing, interval, sigma_max = sampling_settings(
-        loaded.config, sampler, steps, guidance, spacing, guidance_interval, sigma_max)
+    from .sample import load_run, resolve_sampling, sample
+    loaded = run if hasattr(run, "model") else load_run(run, device=device, precision=precision)
+    s = resolve_sampling(loaded.config, sampling, loaded.path)
     cfg = loaded.config.model
     if (cfg.image_size, cfg.in_channels) != (28, 1) or cfg.num_classes not in (0, NUM_CLASSES):
         raise ConfigError(f"{loaded.path}: makes {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} images with "
@@ -327,18 +312,17 @@ def evaluate_run(run, n: int = 1000, *, sampler: str | None = None, steps: int |
     if n < 2:
         raise ConfigError(f"--n must be >= 2, got {n}")
     t0 = time.time()
-    x, y = sample(loaded, n, labels="all", sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                  spacing=spacing, guidance_interval=interval, sigma_max=sigma_max)
+    x, y = sample(loaded, n, labels="all", seed=seed, sampling=s)
     sample_s = time.time() - t0
-    r = evaluate_images(to_uint8(x.cpu()), y, source=str(loaded.path), sampler=sampler, steps=steps,
-                        guidance=guidance, seed=seed, input_range="sampled in [-1, 1], quantised to uint8",
+    r = evaluate_images(to_uint8(x.cpu()), y, source=str(loaded.path), sampler=s.sampler, steps=s.steps,
+                        guidance=s.guidance, seed=seed, input_range="sampled in [-1, 1], quantised to uint8",
                         device=loaded.device, **kw)
-    r["spacing"], r["guidance_interval"], r["sigma_max"] = spacing, interval, sigma_max
-    ag = loaded.autoguide
-    r["autoguidance"] = None if ag is None else {"guide": loaded.config.sampling.guide, "weight": ag.weight,
-                                                 "interval": None if ag.interval is None else list(ag.interval)}
-    r["nfe"] = count_nfe(loaded.config.diffusion.timesteps, steps, spacing, loaded.schedule, guidance, interval,
-                         sigma_max, ag)
+    r["spacing"], r["sigma_max"] = s.spacing, s.sigma_max
+    r["guidance_interval"] = None if s.guidance_interval is None else list(s.guidance_interval)
+    r["autoguidance"] = None if not s.autoguidance else {
+        "guide": s.guide, "weight": s.autoguidance,
+        "interval": None if s.autoguidance_interval is None else list(s.autoguidance_interval)}
+    r["nfe"] = count_nfe(loaded.schedule, s)
     r["sampling_seconds"] = round(sample_s, 1)
     r["sampling_precision"] = loaded.precision
     return r

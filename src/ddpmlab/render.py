@@ -5,15 +5,14 @@ diffusion core and the trainer.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 
-import re
-
 from . import plots
-from .config import ConfigError
-from .diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, PerImageNoise, Schedule, generate, make_timesteps
+from .config import ConfigError, Sampling
+from .diffusion import PerImageNoise, Schedule, generate
 
 SNAPSHOT_SEEDS = 777_000    # offset of the snapshots' seeds, apart from those of `sample`
 
@@ -56,31 +55,28 @@ def make_labels(num_classes: int, n: int, label: int | str | None = None):
     return torch.arange(n) % num_classes
 
 
-def draw(model, schedule: Schedule, cfg, n: int, *, labels=None, seed: int = 0,
-           sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance: float = 0.0, eta=None, device="cpu",
-           callback=None, precision: str = "fp32", spacing: str | None = None, guidance_interval=None,
-           sigma_max: float | None = None, autoguide=None) -> torch.Tensor:
-    """n images in [-1, 1]; image i uses seed (seed, i) whatever batch it is drawn in. spacing
-    (None: trailing), guidance_interval, sigma_max and autoguide: as `diffusion.generate`."""
-    if guidance and not cfg.num_classes:
+def draw(model, schedule: Schedule, cfg, n: int, sampling: Sampling, *, labels=None, seed: int = 0, eta=None,
+         device="cpu", callback=None, precision: str = "fp32", guide=None) -> torch.Tensor:
+    """n images in [-1, 1] sampled as `sampling` says; image i uses seed (seed, i) whatever batch
+    it is drawn in. guide: autoguidance's weaker network (`diffusion.generate`)."""
+    if sampling.guidance and not cfg.num_classes:
         raise ConfigError("--guidance needs a class-conditional model")
-    return generate(model, schedule, (cfg.in_channels, cfg.image_size, cfg.image_size), seeds=image_seeds(seed, n),
-                    labels=labels, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
-                    null_label=cfg.num_classes, callback=callback, device=device, precision=precision,
-                    spacing=spacing, guidance_interval=guidance_interval, sigma_max=sigma_max, autoguide=autoguide)
+    return generate(model, schedule, (cfg.in_channels, cfg.image_size, cfg.image_size), sampling,
+                    seeds=image_seeds(seed, n), labels=labels, eta=eta, null_label=cfg.num_classes,
+                    callback=callback, device=device, precision=precision, guide=guide)
 
 
-def sample_grid(model, schedule, cfg, path, *, per_class: int = 10, seed: int = 0, class_names=None,
-                **kw) -> torch.Tensor:
+def sample_grid(model, schedule, cfg, path, sampling: Sampling, *, per_class: int = 10, seed: int = 0,
+                class_names=None, **kw) -> torch.Tensor:
     """One row per class for a conditional model, else an 8x8 grid."""
     if cfg.num_classes:
         k = cfg.num_classes
         labels = torch.arange(k).repeat_interleave(per_class)
-        x = draw(model, schedule, cfg, k * per_class, labels=labels, seed=seed, **kw)
+        x = draw(model, schedule, cfg, k * per_class, sampling, labels=labels, seed=seed, **kw)
         plots.write_grid(x, path, ncol=per_class, row_labels=class_names or default_class_names(k))
     else:   # 8x8 small images; 4x4 large ones (a 64x64 UNet costs ~20x more per image)
         side = 8 if cfg.image_size <= 32 else 4
-        x = draw(model, schedule, cfg, side * side, seed=seed, **kw)
+        x = draw(model, schedule, cfg, side * side, sampling, seed=seed, **kw)
         plots.write_grid(x, path, ncol=side)
     return x
 
@@ -97,8 +93,8 @@ def snapshots(model, schedule, cfg, snap_dir: Path, epoch: int, *, per_class: in
     else:
         k, labels = 1, None
         seeds = image_seeds(seed, 4 * per_class, SNAPSHOT_SEEDS)
-    x = generate(model, schedule, (cfg.in_channels, cfg.image_size, cfg.image_size), seeds=seeds,
-                 labels=labels, sampler="ddim", steps=steps, null_label=cfg.num_classes, device=device)
+    x = generate(model, schedule, (cfg.in_channels, cfg.image_size, cfg.image_size), Sampling("ddim", steps),
+                 seeds=seeds, labels=labels, null_label=cfg.num_classes, device=device)
     if cfg.num_classes:
         for c in range(k):
             plots.save_strip(x[c * per_class:(c + 1) * per_class], snap_dir / snapshot_name(epoch, c))
@@ -107,15 +103,14 @@ def snapshots(model, schedule, cfg, snap_dir: Path, epoch: int, *, per_class: in
     return x
 
 
-def process_frames(model, schedule, cfg, *, n: int = 4, label: int | None = None, seed: int = 0,
-                   sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, columns: int | None = 10,
-                   device="cpu", **kw) -> tuple[list, torch.Tensor | None]:
+def process_frames(model, schedule, cfg, sampling: Sampling, *, n: int = 4, label: int | None = None,
+                   seed: int = 0, columns: int | None = 10, **kw) -> tuple[list, torch.Tensor | None]:
     """The generation process of n samples (image i of `seed`, as `draw` makes it): frames
     (t, x_t, x0_pred), each (n, C, H, W), at ~`columns` evenly spaced steps from pure noise (None:
     every step), then (-1, final, final); and the labels."""
     labels = make_labels(cfg.num_classes, n, label)
-    ts = make_timesteps(schedule.T, steps)
-    show = range(len(ts)) if columns is None else {round(i * (len(ts) - 1) / (columns - 2)) for i in range(columns - 1)}
+    n_steps = sampling.steps
+    show = range(n_steps) if columns is None else {round(i * (n_steps - 1) / (columns - 2)) for i in range(columns - 1)}
     frames = []
     state = {"x": PerImageNoise(image_seeds(seed, n))((n, cfg.in_channels, cfg.image_size, cfg.image_size))}  # x_T
 
@@ -125,19 +120,17 @@ def process_frames(model, schedule, cfg, *, n: int = 4, label: int | None = None
             frames.append((t, state["x"], x0.float().cpu()))
         state["x"] = x_next.float().cpu()
 
-    final = draw(model, schedule, cfg, n, labels=labels, seed=seed, sampler=sampler, steps=steps,
-                   device=device, callback=keep, **kw)
+    final = draw(model, schedule, cfg, n, sampling, labels=labels, seed=seed, callback=keep, **kw)
     frames.append((-1, final, final))
     return frames, labels
 
 
-def process_figure(model, schedule, cfg, path, *, n: int = 4, label: int | None = None, seed: int = 0,
-                   sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, columns: int = 10, device="cpu",
-                   class_names=None, **kw) -> None:
+def process_figure(model, schedule, cfg, path, sampling: Sampling, *, n: int = 4, label: int | None = None,
+                   seed: int = 0, columns: int = 10, class_names=None, **kw) -> None:
     """Rows: samples; columns: x_t at ~`columns` evenly spaced steps from pure noise to the end,
     each with the predicted x0 beneath it."""
-    frames, labels = process_frames(model, schedule, cfg, n=n, label=label, seed=seed, sampler=sampler, steps=steps,
-                                    columns=columns, device=device, **kw)
+    frames, labels = process_frames(model, schedule, cfg, sampling, n=n, label=label, seed=seed, columns=columns,
+                                    **kw)
     names = None if labels is None else [(class_names or default_class_names(cfg.num_classes))[k]
                                          for k in labels.tolist()]
     plots.plot_process(frames, path, row_labels=names)

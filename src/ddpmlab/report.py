@@ -20,7 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .config import ConfigError  # noqa: E402
+from .config import ConfigError, Sampling, SamplingConfig  # noqa: E402
+from .defaults import DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: E402
 from .evaluate import cached_evaluate_run  # noqa: E402
 from .findings import ACC_CLEAR, FD_CLEAR, NOT_MEASURED, all_findings, read_studies  # noqa: E402
 from .models import build_model, count_parameters  # noqa: E402
@@ -163,7 +164,7 @@ FINDING_CAPTIONS = {
 
 
 def draw_finding_figures(wanted: set, by_preset: dict, results: dict, metrics: dict, out: Path, fig_dir: Path,
-                         sampling: dict) -> dict:
+                         flags: SamplingConfig) -> dict:
     """name -> PNG for every figure of FINDING_CAPTIONS in `wanted` whose runs or studies exist."""
     from . import plots
     from .data import FASHION_CLASSES
@@ -182,7 +183,7 @@ def draw_finding_figures(wanted: set, by_preset: dict, results: dict, metrics: d
         add("loss-basic-noise", fig_dir / "finding-loss-basic-noise.png")
     ladder = [p for p in ("resnet-basic", "resnet-noise", "resnet-spatial", "resnet-class") if p in by_preset]
     if "same-seeds-resnet" in wanted and len(ladder) >= 2:
-        same_seed_rows({p: by_preset[p] for p in ladder}, fig_dir / "finding-same-seeds-resnet.png", sampling)
+        same_seed_rows({p: by_preset[p] for p in ladder}, fig_dir / "finding-same-seeds-resnet.png", flags)
         add("same-seeds-resnet", fig_dir / "finding-same-seeds-resnet.png")
     pair = [p for p in ("resnet-noise", "resnet-spatial") if results.get(p, {}).get("per_pred_class_fd")]
     if "per-class-fd-spatial" in wanted and len(pair) == 2:
@@ -206,25 +207,38 @@ def draw_finding_figures(wanted: set, by_preset: dict, results: dict, metrics: d
     return figs
 
 
-def same_seed_rows(runs: dict, path: Path, sampling: dict, n: int = 10) -> None:
-    """One row per run, n samples from the same seeds (a conditional run draws classes 0..n-1)."""
+def same_seed_rows(runs: dict, path: Path, flags: SamplingConfig, n: int = 10) -> None:
+    """One row per run, n samples from the same seeds (a conditional run draws classes 0..n-1),
+    unguided, with the report's sampler, steps and spacing (else ddpmlab's defaults) for every run."""
     import torch
     from . import plots
     from .render import draw
     from .sample import load_run
+    s = Sampling(flags.sampler or DEFAULT_SAMPLER, flags.steps or DEFAULT_STEPS, spacing=flags.spacing or "trailing")
     rows = []
     for run_dir in runs.values():
         run = load_run(run_dir)
         labels = torch.arange(n) % run.num_classes if run.num_classes else None
-        rows.append(draw(run.model, run.schedule, run.config.model, n, labels=labels, seed=0, device=run.device,
-                         precision=run.precision, sampler=sampling.get("sampler") or "dpm++2m",
-                         steps=sampling.get("steps") or 20, spacing=sampling.get("spacing")).float().cpu())
+        rows.append(draw(run.model, run.schedule, run.config.model, n, s, labels=labels, seed=0, device=run.device,
+                         precision=run.precision).float().cpu())
     plots.write_grid(torch.cat(rows), path, ncol=n, row_labels=list(runs))
 
 
-def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, steps: int | None = None,
-          guidance: float | None = None, evaluate: bool = True, title: str | None = None, intro: str = "",
-          spacing: str | None = None, guidance_interval=None, sigma_max: float | None = None) -> list[Block]:
+def flags_text(s: Sampling) -> str:
+    """The `ddpmlab evaluate` flags that sample as `s` does."""
+    return (f"--sampler {s.sampler} --steps {s.steps} --guidance {s.guidance:g}"
+            + ("" if s.spacing == "trailing" else f" --spacing {s.spacing}")
+            + ("" if s.sigma_max is None else f" --sigma-max {s.sigma_max:g}")
+            + ("" if s.guidance_interval is None else " --guidance-interval {},{}".format(*s.guidance_interval))
+            + ("" if not s.autoguidance else f" --autoguidance {s.autoguidance:g}"))
+
+
+def build(runs: list, out: Path, *, n: int = 1000, sampling: SamplingConfig | None = None, evaluate: bool = True,
+          title: str | None = None, intro: str = "") -> list[Block]:
+    """The report's blocks. sampling: the flags every run is evaluated with, resolved against each
+    run's own settings (None: each run at its own)."""
+    from .sample import resolve_sampling
+    flags = sampling or SamplingConfig()
     run_dirs = [resolve_run(r) for r in runs]
     if not run_dirs:
         raise ConfigError("report needs at least one run directory")
@@ -233,12 +247,12 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
     for d in run_dirs:
         by_preset.setdefault(load_config(d).preset, d)
     summaries = {p: run_summary(d) for p, d in by_preset.items()}
-    results = {}
+    results, sampled = {}, {}
     if evaluate:
         for p, d in by_preset.items():
             if summaries[p]["fashion"]:
-                results[p] = cached_evaluate_run(d, n, sampler=sampler, steps=steps, guidance=guidance, spacing=spacing,
-                                                 guidance_interval=guidance_interval, sigma_max=sigma_max)[0]
+                sampled[p] = resolve_sampling(load_config(d), flags, d)
+                results[p] = cached_evaluate_run(d, n, sampling=sampled[p])[0]
 
     if title is None:      # titled for what it shows; only `reproduce` regenerates the write-up
         names = [f"{r} (preset {p})" for r, p in zip(runs, [load_config(d).preset for d in run_dirs])]
@@ -250,15 +264,9 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
     if not evaluate:
         blocks.append(Block("text", "Not evaluated (`--no-eval`): figures and training records only."))
     else:
-        settings = {(r["sampler"], r["steps"], r["guidance"], r.get("spacing") or "trailing",
-                     tuple(r.get("guidance_interval") or ()), r.get("sigma_max"),
-                     (r.get("autoguidance") or {}).get("weight")) for r in results.values()}
+        settings = set(sampled.values())
         if len(settings) == 1:
-            s, k, w, sp, gi, smax, ag = settings.pop()
-            more = ("" if sp == "trailing" else f" --spacing {sp}") + ("" if smax is None else f" --sigma-max {smax:g}") + \
-                (" --guidance-interval {},{}".format(*gi) if gi else "") + ("" if ag is None else f" --autoguidance {ag:g}")
-            how = (f"Every row is evaluated the same way: `ddpmlab evaluate RUN --n {n} --sampler {s} --steps {k} "
-                   f"--guidance {w:g}{more}`.")
+            how = f"Every row is evaluated the same way: `ddpmlab evaluate RUN --n {n} {flags_text(settings.pop())}`."
         elif settings:
             how = (f"Every row is `ddpmlab evaluate RUN --n {n}` with that run's own sampling settings (its "
                    "config.json \"sampling\"; sampler, steps and guidance columns), so rows differ in more than the model.")
@@ -274,13 +282,12 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
     order = sorted(by_preset, key=lambda p: ORDER.index(p) if p in ORDER else len(ORDER))
     blocks.append(Block("table", header=RESULT_HEADER, rows=[result_row(summaries[p], results.get(p)) for p in order]))
     if evaluate:
-        blocks += own_sampling_blocks({p: by_preset[p] for p in order if p in results}, results, n)
+        blocks += own_sampling_blocks({p: by_preset[p] for p in order if p in results}, sampled, n)
     blocks += timing_blocks(out)
     if evaluate:
         metrics = {p: read_metrics(d) for p, d in by_preset.items()}
         blocks += findings_blocks(all_findings(summaries, results, metrics, read_studies(out)), by_preset, results,
-                                  metrics, out, fig_dir,
-                                  {"sampler": sampler, "steps": steps, "spacing": spacing})
+                                  metrics, out, fig_dir, flags)
 
     for p in order:
         d = by_preset[p]
@@ -315,19 +322,17 @@ def build(runs: list, out: Path, *, n: int = 1000, sampler: str | None = None, s
     return blocks
 
 
-def own_sampling_blocks(by_preset: dict, results: dict, n: int) -> list[Block]:
+def own_sampling_blocks(by_preset: dict, sampled: dict, n: int) -> list[Block]:
     """Runs whose config.json keeps sampling settings of their own (a guided model's), scored at
     them too when the table above used others: the model as its user would sample it."""
-    from .sample import sampling_settings
+    from .sample import resolve_sampling
     rows = []
     for p, d in by_preset.items():
         rc = load_config(d)
         s = rc.sampling
         if s.sampler is None and s.steps is None and s.guidance is None and s.spacing is None:
             continue
-        shown = tuple(results[p].get(k) for k in ("sampler", "steps", "guidance", "spacing", "guidance_interval",
-                                                  "sigma_max"))
-        if sampling_settings(rc) == shown:
+        if resolve_sampling(rc, run_dir=d) == sampled[p]:
             continue
         r = cached_evaluate_run(d, n)[0]
         rows.append([p, r["sampler"], r["steps"], f"{r['guidance']:g}", r.get("spacing") or "trailing",
@@ -359,7 +364,7 @@ def timing_blocks(out: Path) -> list[Block]:
 
 
 def findings_blocks(found: list, by_preset: dict, results: dict, metrics: dict, out: Path, fig_dir: Path,
-                    sampling: dict) -> list[Block]:
+                    flags: SamplingConfig) -> list[Block]:
     """The claims table, then each finding with the numbers and figures that decide it. A finding
     none of these runs or studies measures is left out of the sections (the table says so)."""
     measured = [f for f in found if f.verdict != NOT_MEASURED]
@@ -367,7 +372,7 @@ def findings_blocks(found: list, by_preset: dict, results: dict, metrics: dict, 
         return []
     fig_dir.mkdir(parents=True, exist_ok=True)
     figs = draw_finding_figures({n for f in measured for n in f.figures}, by_preset, results, metrics, out, fig_dir,
-                                sampling)
+                                flags)
     blocks = [Block("heading", "The write-up's findings, checked", level=2),
               Block("text", f"A difference counts when fd differs by at least {FD_CLEAR:g}x or cond_acc by at least "
                             f"{ACC_CLEAR:g} (about the noise of one evaluation of 1000 samples). Each design was "

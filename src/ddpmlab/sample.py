@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from . import plots, render
-from .config import ConfigError, check_guidance_interval, to_dict
+from .config import ConfigError, Sampling, SamplingConfig, check_guidance_interval, to_dict
 from .defaults import DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS, SAMPLE_PRECISION
-from .diffusion import Autoguide, Schedule, make_schedule
+from .diffusion import Schedule, make_schedule
 from .run import RunConfig, load_model, resolve_run
 from .runtime import resolve_device, resolve_precision
 from .samplefile import save_npz  # noqa: F401  (part of this module's API: sample, then save_npz)
@@ -32,38 +32,30 @@ class LoadedRun:
     schedule: Schedule
     device: torch.device
     precision: str = "fp32"             # of the network while sampling: fp32 or bf16 (autocast)
-    autoguide: Autoguide | None = None  # the weaker network guided steps steer away from (sampling.guide)
+    guide: torch.nn.Module | None = None   # autoguidance's weaker network (sampling.guide), loaded when first asked
 
     @property
     def num_classes(self) -> int:
         return self.config.model.num_classes
 
+    def guide_for(self, s: Sampling) -> torch.nn.Module | None:
+        """The network autoguidance steers away from, when `s` asks for autoguidance."""
+        if not s.autoguidance:
+            return None
+        if self.guide is None:
+            self.guide = load_guide(self.path, self.config, self.device)
+        return self.guide
 
-def load_run(path_or_name, device: str = "auto", ema: bool = True, precision: str = SAMPLE_PRECISION,
-             autoguidance: float | None = None) -> LoadedRun:
+
+def load_run(path_or_name, device: str = "auto", ema: bool = True, precision: str = SAMPLE_PRECISION) -> LoadedRun:
     """A run directory (or shipped model name) rebuilt from config.json with its EMA weights.
     precision: the network's while sampling; "auto" is bf16 where the device computes it natively.
-    autoguidance: the weight of the weaker network config.json's sampling.guide names (None: the
-    run's own, sampling.autoguidance; 0: none, guided steps use the null label as before)."""
+    A guide network the run names (autoguidance) is loaded and checked when a sampling first uses it."""
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     path = resolve_run(path_or_name)
     model, rc = load_model(path, ema=ema, device=dev)
-    weight = autoguidance_weight(rc, autoguidance, path)
-    auto = None
-    if weight:
-        interval = rc.sampling.autoguidance_interval
-        auto = Autoguide(load_guide(path, rc, dev), float(weight), None if interval is None else tuple(interval))
-    return LoadedRun(path, model, rc, make_schedule(rc.diffusion), dev, prec, auto)
-
-
-def autoguidance_weight(rc: RunConfig, autoguidance: float | None, run_dir) -> float:
-    """The weight given (None: the run's own sampling.autoguidance; 0: off); a weight for a run
-    that names no guide network is an error."""
-    weight = rc.sampling.autoguidance if autoguidance is None else autoguidance
-    if weight and not rc.sampling.guide:
-        raise ConfigError(f"--autoguidance {weight:g}: {run_dir} names no guide network (config.json sampling.guide)")
-    return weight or 0.0
+    return LoadedRun(path, model, rc, make_schedule(rc.diffusion), dev, prec)
 
 
 def guide_dir(run_dir: Path, rc: RunConfig) -> Path:
@@ -89,52 +81,58 @@ def load_guide(run_dir: Path, rc: RunConfig, device) -> torch.nn.Module:
     return guide
 
 
-def sampling_settings(rc: RunConfig, sampler: str | None = None, steps: int | None = None,
-                      guidance: float | None = None, spacing: str | None = None,
-                      guidance_interval=None, sigma_max: float | None = None
-                      ) -> tuple[str, int, float, str, list | None, float | None]:
-    """(sampler, steps, guidance, spacing, guidance_interval, sigma_max): the values given, else
-    the run's own (config.json "sampling"), else ddpmlab's defaults (guidance_interval None: every
-    step, give [0, T-1] to guide everywhere a run that keeps an interval; sigma_max None: the
-    schedule's top)."""
-    s = rc.sampling
-    interval = guidance_interval if guidance_interval is not None else s.guidance_interval
-    guidance = guidance if guidance is not None else (s.guidance or 0.0)
-    if guidance == 0:       # no guidance: an interval means nothing (and must not split the eval cache)
-        interval = None
-    spacing = spacing or s.spacing or DEFAULT_SPACING
+def resolve_sampling(rc: RunConfig, flags: SamplingConfig | Sampling | None = None, run_dir=None) -> Sampling:
+    """The settings of one sampling call: each flag given (a SamplingConfig whose None fields were
+    not given), else the run's own (config.json "sampling"), else ddpmlab's defaults. Without
+    guidance an interval means nothing (and must not split the evaluation cache); trailing spacing
+    takes no sigma_max; autoguidance needs the guide network the run names. A Sampling is already
+    resolved and comes back as it is."""
+    if isinstance(flags, Sampling):
+        return flags
+    f, own = flags or SamplingConfig(), rc.sampling
+    guidance = f.guidance if f.guidance is not None else (own.guidance or 0.0)
+    interval = f.guidance_interval if f.guidance_interval is not None else own.guidance_interval
+    spacing = f.spacing or own.spacing or DEFAULT_SPACING
+    sigma_max = f.sigma_max
     if spacing == "trailing":
         if sigma_max is not None:
             raise ConfigError(f"--sigma-max {sigma_max:g} caps the logsnr and karras spacings, not trailing")
-        sigma_max = None    # a run's own cap means nothing to evenly spaced t
     elif sigma_max is None:
-        sigma_max = s.sigma_max
+        sigma_max = own.sigma_max
     if sigma_max is not None and not sigma_max > 0:
         raise ConfigError(f"--sigma-max must be > 0, got {sigma_max:g}")
-    return (sampler or s.sampler or DEFAULT_SAMPLER,
-            steps if steps is not None else (s.steps or DEFAULT_STEPS),
-            guidance, spacing, check_guidance_interval(None if interval is None else list(interval)),
-            None if sigma_max is None else float(sigma_max))
+    weight = f.autoguidance if f.autoguidance is not None else own.autoguidance
+    if weight and not own.guide:
+        raise ConfigError(f"--autoguidance {weight:g}: {run_dir or 'the run'} names no guide network "
+                          "(config.json sampling.guide)")
+    interval = check_guidance_interval(None if not guidance or interval is None else list(interval))
+    ag_interval = own.autoguidance_interval if weight else None
+    return Sampling(sampler=f.sampler or own.sampler or DEFAULT_SAMPLER,
+                    steps=f.steps if f.steps is not None else (own.steps or DEFAULT_STEPS),
+                    guidance=float(guidance), spacing=spacing,
+                    guidance_interval=None if interval is None else tuple(interval),
+                    sigma_max=None if sigma_max is None else float(sigma_max),
+                    autoguidance=float(weight or 0.0),
+                    autoguidance_interval=None if ag_interval is None else tuple(ag_interval),
+                    guide=own.guide if weight else None)
 
 
-def sample(run: LoadedRun, n: int, *, labels=None, sampler: str | None = None, steps: int | None = None,
-           guidance: float | None = None, seed: int = 0, eta: float | None = None, spacing: str | None = None,
-           guidance_interval=None, sigma_max: float | None = None):
+def sample(run: LoadedRun, n: int, *, labels=None, seed: int = 0, eta: float | None = None,
+           sampling: SamplingConfig | Sampling | None = None, **flags):
     """n samples in [-1, 1] and their labels (None for unconditional models). labels: None
-    (conditional models: cycle 0..K-1), an int, or "all". sampler, steps, guidance, spacing,
-    guidance_interval, sigma_max: None for the run's own settings (`sampling_settings`)."""
+    (conditional models: cycle 0..K-1), an int, or "all". sampling: a resolved Sampling, or the
+    flags to resolve against the run's own settings (a SamplingConfig, or its fields as keywords:
+    sample(run, 16, steps=8, guidance=1.0))."""
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")
-    sampler, steps, guidance, spacing, interval, sigma_max = sampling_settings(
-        run.config, sampler, steps, guidance, spacing, guidance_interval, sigma_max)
+    s = resolve_sampling(run.config, sampling if sampling is not None else SamplingConfig(**flags), run.path)
     y = render.make_labels(run.num_classes, n, labels)
-    if guidance and run.num_classes and run.config.train.cond_drop == 0:
+    if s.guidance and run.num_classes and run.config.train.cond_drop == 0:
         log.warning("--guidance %g: %s was trained without label dropout (cond_drop 0), so its unconditional "
                     "branch (the null label) is untrained and guided samples are unreliable; train with "
-                    "--cond-drop 0.1", guidance, run.path)
-    x = render.draw(run.model, run.schedule, run.config.model, n, labels=y, seed=seed, sampler=sampler,
-                      steps=steps, guidance=guidance, eta=eta, device=run.device, precision=run.precision,
-                      spacing=spacing, guidance_interval=interval, sigma_max=sigma_max, autoguide=run.autoguide)
+                    "--cond-drop 0.1", s.guidance, run.path)
+    x = render.draw(run.model, run.schedule, run.config.model, n, s, labels=y, seed=seed, eta=eta,
+                    device=run.device, precision=run.precision, guide=run.guide_for(s))
     return x, y
 
 
@@ -151,14 +149,11 @@ def save_grid(run: LoadedRun, images: torch.Tensor, labels, path) -> None:
     plots.write_grid(images, path, ncol=min(10, math.ceil(math.sqrt(images.shape[0]))))
 
 
-def process(run: LoadedRun, out, *, label: int | None = None, n: int = 4, sampler: str | None = None,
-            steps: int | None = None, seed: int = 0, guidance: float | None = None, spacing: str | None = None,
-            guidance_interval=None, sigma_max: float | None = None) -> Path:
+def process(run: LoadedRun, out, *, label: int | None = None, n: int = 4, seed: int = 0,
+            sampling: SamplingConfig | Sampling | None = None, **flags) -> Path:
     """The generation-process figure: rows samples, columns x_t from noise to image, pred x0 beneath."""
-    sampler, steps, guidance, spacing, interval, sigma_max = sampling_settings(
-        run.config, sampler, steps, guidance, spacing, guidance_interval, sigma_max)
-    render.process_figure(run.model, run.schedule, run.config.model, out, n=n, label=label, seed=seed,
-                          sampler=sampler, steps=steps, guidance=guidance, device=run.device, precision=run.precision,
-                          class_names=run.config.class_names,
-                          spacing=spacing, guidance_interval=interval, sigma_max=sigma_max, autoguide=run.autoguide)
+    s = resolve_sampling(run.config, sampling if sampling is not None else SamplingConfig(**flags), run.path)
+    render.process_figure(run.model, run.schedule, run.config.model, out, s, n=n, label=label, seed=seed,
+                          device=run.device, precision=run.precision, class_names=run.config.class_names,
+                          guide=run.guide_for(s))
     return Path(out)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli import error_line
-from .config import ConfigError
+from .config import ConfigError, SamplingConfig
 from .defaults import SAMPLER_NAMES
 
 log = logging.getLogger("ddpmlab.serve")
@@ -74,34 +74,42 @@ def find_runs(given=(), runs_dir="runs") -> dict[str, str]:
 
 
 class Models:
-    """Loaded runs kept in the server process (the last `size` (run, autoguidance) pairs), so a
-    click samples at once instead of rebuilding the network."""
+    """Loaded runs kept in the server process (the last `size`), so a click samples at once
+    instead of rebuilding the network."""
 
     def __init__(self, size: int = 8):
         self.size = size
         self._runs: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, run, autoguidance: float | None = None):
+    def get(self, run):
+        """The loaded run; how it samples (autoguidance included) is the caller's Sampling."""
         from .sample import load_run
-        key = (str(run), None if autoguidance is None else float(autoguidance))
+        key = str(run)
         with self._lock:
             if key not in self._runs:
-                self._runs[key] = load_run(run, autoguidance=autoguidance)
+                self._runs[key] = load_run(run)
                 while len(self._runs) > self.size:
                     self._runs.popitem(last=False)
             self._runs.move_to_end(key)
             return self._runs[key]
 
 
+def settings(loaded, sampler=None, steps=None, guidance=None, autoguidance=None):
+    """The page's settings resolved as `ddpmlab sample` resolves its flags (sample.resolve_sampling)."""
+    from .sample import resolve_sampling
+    return resolve_sampling(loaded.config, SamplingConfig(sampler=sampler or None, steps=steps, guidance=guidance,
+                                                          autoguidance=autoguidance), loaded.path)
+
+
 def run_defaults(run) -> dict:
     """The settings the page preselects for a run: its own (config.json "sampling"), else
     ddpmlab's defaults, as `ddpmlab sample` resolves them; and its class names."""
     from .run import load_config, resolve_run
-    from .sample import sampling_settings
+    from .sample import resolve_sampling
     rc = load_config(resolve_run(run))
-    sampler, steps, guidance, *_ = sampling_settings(rc)
-    return {"sampler": sampler, "steps": steps, "guidance": guidance,
+    s = resolve_sampling(rc, SamplingConfig(autoguidance=0))       # the guide is not loaded to show defaults
+    return {"sampler": s.sampler, "steps": s.steps, "guidance": s.guidance,
             "autoguidance": float(rc.sampling.autoguidance or 0.0), "has_guide": bool(rc.sampling.guide),
             "class_names": list(rc.class_names)}
 
@@ -133,13 +141,10 @@ def _int(value, what: str, lo: int, hi: int | None = None) -> int:
     return v
 
 
-def nfe(loaded, sampler=None, steps=None, guidance=None) -> int:
+def nfe(loaded, sampler=None, steps=None, guidance=None, autoguidance=None) -> int:
     """Network evaluations per image at these settings (diffusion.count_nfe)."""
     from .diffusion import count_nfe
-    from .sample import sampling_settings
-    _, steps, guidance, spacing, interval, sigma_max = sampling_settings(loaded.config, sampler, steps, guidance)
-    return count_nfe(loaded.config.diffusion.timesteps, steps, spacing, loaded.schedule, guidance, interval,
-                     sigma_max, loaded.autoguide)
+    return count_nfe(loaded.schedule, settings(loaded, sampler, steps, guidance, autoguidance))
 
 
 # --------------------------------------------------------------------------- images
@@ -159,18 +164,20 @@ def grid_image(x, ncol: int | None = None, scale: int = GRID_SCALE) -> np.ndarra
 
 def sample_view(models: Models, run, label, n, seed, sampler, steps, guidance, autoguidance):
     """Sample: (grid image, one line: what was drawn and how long it took, the samples x, labels y)."""
+    from .diffusion import count_nfe
     from .sample import sample
     n = _int(n, "the number of images", 1, MAX_IMAGES)
     seed = _int(seed, "seed", 0)
     steps = _int(steps, "steps", 1)
-    loaded = models.get(run, autoguidance)
+    loaded = models.get(run)
+    s = settings(loaded, sampler, steps, guidance, autoguidance)
     t0 = time.perf_counter()
-    x, y = sample(loaded, n, labels=parse_label(label), sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    x, y = sample(loaded, n, labels=parse_label(label), seed=seed, sampling=s)
     seconds = time.perf_counter() - t0
     what = "all classes" if y is None or parse_label(label) == ALL else loaded.config.class_names[int(y[0])]
-    text = (f"{n} image{'s' * (n > 1)} of {what} in {seconds:.2f} s: {sampler}, {steps} steps, guidance "
-            f"{guidance:g}, autoguidance {loaded.autoguide.weight if loaded.autoguide else 0:g}, "
-            f"{nfe(loaded, sampler, steps, guidance)} network evaluations per image, seed {seed}")
+    text = (f"{n} image{'s' * (n > 1)} of {what} in {seconds:.2f} s: {s.sampler}, {s.steps} steps, guidance "
+            f"{s.guidance:g}, autoguidance {s.autoguidance:g}, {count_nfe(loaded.schedule, s)} network evaluations "
+            f"per image, seed {seed}")
     return grid_image(x), text, x, y
 
 
@@ -178,17 +185,14 @@ def process_view(models: Models, run, label, seed, sampler, steps, guidance, aut
     """Process: the generation of one sample (image 0 of `seed`, the first of Sample's grid) at every
     step: (frames, captions, film strip). A frame shows x_t beside the clean image predicted from it."""
     from . import plots, render
-    from .sample import sampling_settings
     seed = _int(seed, "seed", 0)
-    loaded = models.get(run, autoguidance)
+    loaded = models.get(run)
     label = parse_label(label)
     label = 0 if label == ALL and loaded.num_classes else label    # one sample: "all" starts at class 0
-    sampler, steps, guidance, spacing, interval, sigma_max = sampling_settings(
-        loaded.config, sampler, _int(steps, "steps", 1), guidance)
-    frames, _ = render.process_frames(loaded.model, loaded.schedule, loaded.config.model, n=1, label=label,
-                                      seed=seed, sampler=sampler, steps=steps, columns=None, device=loaded.device,
-                                      precision=loaded.precision, guidance=guidance, spacing=spacing,
-                                      guidance_interval=interval, sigma_max=sigma_max, autoguide=loaded.autoguide)
+    s = settings(loaded, sampler, _int(steps, "steps", 1), guidance, autoguidance)
+    frames, _ = render.process_frames(loaded.model, loaded.schedule, loaded.config.model, s, n=1, label=label,
+                                      seed=seed, columns=None, device=loaded.device, precision=loaded.precision,
+                                      guide=loaded.guide_for(s))
     images, captions = [], []
     for i, (t, xt, x0) in enumerate(frames):
         pair = np.concatenate([plots.to_hwc_uint8(xt)[0], np.full((xt.shape[2], 2, xt.shape[1]), 128, np.uint8),
@@ -209,7 +213,7 @@ def cached_evaluation(run) -> dict | None:
     from . import checkpoint
     from .evaluate import run_eval_dir
     from .run import load_config, resolve_run
-    from .sample import sampling_settings
+    from .sample import resolve_sampling
     run_dir = resolve_run(run)
     d = run_eval_dir(run_dir)
     if not d.is_dir():
@@ -223,7 +227,8 @@ def cached_evaluation(run) -> dict | None:
             continue
         if isinstance(r, dict) and (r.get("cache_key") or {}).get("weights_sha256") == sha and r.get("fd") is not None:
             found.append(r)
-    own = tuple(sampling_settings(load_config(run_dir))[:3])
+    s = resolve_sampling(load_config(run_dir), run_dir=run_dir)
+    own = (s.sampler, s.steps, s.guidance)
     return max(found, key=lambda r: ((r.get("sampler"), r.get("steps"), r.get("guidance")) == own, r.get("n") or 0),
                default=None)
 
@@ -240,22 +245,23 @@ def compare_view(models: Models, runs, names: dict, label, n, seed):
         raise ConfigError(f"compare 2 to {MAX_COMPARE} runs, {len(runs)} chosen")
     n = _int(n, "the number of images", 1, MAX_IMAGES)
     seed = _int(seed, "seed", 0)
-    from .sample import sample, sampling_settings
+    from .diffusion import count_nfe
+    from .sample import sample
     items, rows = [], []
     for run in runs:
-        loaded = models.get(run)                      # autoguidance: the run's own
-        sampler, steps, guidance, *_ = sampling_settings(loaded.config)
+        loaded = models.get(run)
+        s = settings(loaded)                          # every run at its own settings
         t0 = time.perf_counter()
-        x, _ = sample(loaded, n, labels=parse_label(label), seed=seed)
+        x, _ = sample(loaded, n, labels=parse_label(label), seed=seed, sampling=s)
         seconds = time.perf_counter() - t0
         ev = cached_evaluation(run)
-        k = nfe(loaded)
+        k = count_nfe(loaded.schedule, s)
         name = names.get(run, run)
         score = "" if ev is None else f", fd {_fmt(ev.get('fd'))}, cond_acc {_fmt(ev.get('cond_acc'))}"
         # 5 a row: narrow enough for 4 runs side by side
         items.append((grid_image(x, ncol=min(5, n)), f"{name}: {k} NFE{score}"))
-        rows.append(f"| {name} | {sampler}, {steps} steps, guidance {guidance:g}, "
-                    f"autoguidance {loaded.autoguide.weight if loaded.autoguide else 0:g} | {k} | {seconds:.2f} s | "
+        rows.append(f"| {name} | {s.sampler}, {s.steps} steps, guidance {s.guidance:g}, "
+                    f"autoguidance {s.autoguidance:g} | {k} | {seconds:.2f} s | "
                     + ("no cached evaluation (`ddpmlab evaluate RUN`) | - | -" if ev is None else
                        f"{_fmt(ev.get('fd'))} (floor {_fmt(ev.get('fd_floor'))}) | {_fmt(ev.get('cond_acc'))} "
                        f"(real {_fmt(ev.get('classifier_test_acc'))}) | n={ev.get('n')}, {ev.get('sampler')}, "
@@ -462,16 +468,16 @@ def build_page(runs: dict[str, str], models: Models | None = None, work: Path | 
         # ---------------------------------------------------------------- events
         def pick_model(run):
             d = run_defaults(run)
-            loaded = models.get(run, d["autoguidance"])       # the key the settings' own events use
+            loaded = models.get(run)
             classes = class_choices(d["class_names"]) if d["class_names"] else [("all classes", ALL)]
             return (d["sampler"], d["steps"], d["guidance"],
                     gr.Number(value=d["autoguidance"], interactive=d["has_guide"]),
                     gr.Radio(classes, value=ALL), gr.Radio(classes, value=classes[min(1, len(classes) - 1)][1]),
-                    _nfe_text(loaded, d["sampler"], d["steps"], d["guidance"]))
+                    _nfe_text(loaded, d["sampler"], d["steps"], d["guidance"], d["autoguidance"]))
 
         def show_nfe(run, sampler, steps, guidance, autoguidance):
-            loaded = models.get(run, autoguidance)
-            return _nfe_text(loaded, sampler, _int(steps, "steps", 1), guidance)
+            loaded = models.get(run)
+            return _nfe_text(loaded, sampler, _int(steps, "steps", 1), guidance, autoguidance)
 
         def do_sample(run, label, n, seed, sampler, steps, guidance, autoguidance):
             image, text, _, _ = sample_view(models, run, label, n, seed, sampler, steps, guidance, autoguidance)
@@ -526,8 +532,8 @@ def build_page(runs: dict[str, str], models: Models | None = None, work: Path | 
     return page
 
 
-def _nfe_text(loaded, sampler, steps, guidance) -> str:
-    return f"**{nfe(loaded, sampler, steps, guidance)} network evaluations (NFE) per image** at these settings"
+def _nfe_text(loaded, sampler, steps, guidance, autoguidance=None) -> str:
+    return f"**{nfe(loaded, sampler, steps, guidance, autoguidance)} network evaluations (NFE) per image** at these settings"
 
 
 def theme():

@@ -24,6 +24,7 @@ from . import checkpoint
 from . import config as C
 from . import monitor, plots, render
 from .data import FASHION_CLASSES, ImageSet, load_dataset, to_model_range
+from .defaults import DEFAULT_SAMPLER
 from .diffusion import loss_fn, make_schedule
 from .models import build_model, count_parameters
 from .run import RunConfig, RunLog, describe_run, load_config, load_weights, read_metrics, save_config
@@ -582,16 +583,20 @@ def loss_figure(tr: Trainer) -> None:
                     ylabel=f"{weighting}MSE on {target}")
 
 
+def final_sampling(tr: Trainer) -> C.Sampling:
+    """The final figures' sampling: unguided, ddpmlab's default sampler, at least 10 steps."""
+    return C.Sampling(DEFAULT_SAMPLER, max(tr.rc.train.snapshot_steps, 10))
+
+
 def final_sample_grid(tr: Trainer) -> None:
-    render.sample_grid(tr.ema.model, tr.schedule, tr.rc.model, tr.run_dir / "samples" / "grid.png", per_class=8,
-                       seed=tr.rc.train.seed, steps=max(tr.rc.train.snapshot_steps, 10), device=tr.device,
-                       class_names=tr.class_names)
+    render.sample_grid(tr.ema.model, tr.schedule, tr.rc.model, tr.run_dir / "samples" / "grid.png", final_sampling(tr),
+                       per_class=8, seed=tr.rc.train.seed, device=tr.device, class_names=tr.class_names)
 
 
 def final_process_figure(tr: Trainer) -> None:
-    render.process_figure(tr.ema.model, tr.schedule, tr.rc.model, tr.run_dir / "process.png",
-                          n=4 if tr.rc.model.image_size <= 32 else 2, seed=tr.rc.train.seed,
-                          steps=max(tr.rc.train.snapshot_steps, 10), device=tr.device, class_names=tr.class_names)
+    render.process_figure(tr.ema.model, tr.schedule, tr.rc.model, tr.run_dir / "process.png", final_sampling(tr),
+                          n=4 if tr.rc.model.image_size <= 32 else 2, seed=tr.rc.train.seed, device=tr.device,
+                          class_names=tr.class_names)
 
 
 END_OF_EPOCH = (snapshots_and_collapse_scores,)

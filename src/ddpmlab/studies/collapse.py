@@ -27,6 +27,7 @@ import torch
 
 from .. import checkpoint, plots
 from ..budgets import is_finished
+from ..config import Sampling
 from ..data import load_fashion_mnist
 from ..diffusion import generate, make_schedule
 from ..findings import collapse_epochs
@@ -67,8 +68,8 @@ def ablations(run_dir: Path, per_class: int = 8, steps: int = 20) -> dict:
         k = rc.model.num_classes
         labels = torch.arange(k).repeat_interleave(per_class)
         seeds = image_seeds(rc.train.seed, per_class, SNAPSHOT_SEEDS) * k
-        x = generate(model, make_schedule(rc.diffusion), (1, 28, 28), seeds=seeds, labels=labels, sampler="ddim",
-                     steps=steps, null_label=k)
+        x = generate(model, make_schedule(rc.diffusion), (1, 28, 28), Sampling("ddim", steps), seeds=seeds,
+                     labels=labels, null_label=k)
         watch = watch or CollapseWatch(data.images, data.labels, k, per_class,
                                        classifier=lambda: snapshot_classifier(data.class_names))
         scores = watch(x, -1, run_dir)

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from .. import checkpoint, plots  # noqa: E402
 from ..budgets import is_finished  # noqa: E402
-from ..config import ConfigError  # noqa: E402
+from ..config import ConfigError, SamplingConfig  # noqa: E402
 from ..data import FASHION_CLASSES  # noqa: E402
 from ..evaluate import cached_evaluate_run  # noqa: E402
 from ..models import build_model, count_parameters  # noqa: E402
@@ -112,7 +112,7 @@ def run(out, *, epochs: int, subset: int, n: int, model: dict, train: dict, devi
         rc = make_run_config(PRESET, {**model, **switch}, device=device, epochs=epochs, subset=subset, **train)
         t0 = time.perf_counter()
         done = train_variant(run_dirs[name], rc, progress)
-        ev, _ = cached_evaluate_run(run_dirs[name], n=n, device=device, **EVALUATION)
+        ev, _ = cached_evaluate_run(run_dirs[name], n=n, device=device, sampling=SamplingConfig(**EVALUATION))
         result["variants"][name] = v = summary(run_dirs[name], ev)
         log.info("good bugs: %s: %s; %s parameters, final loss %.4f, fd %.2f (floor %.2f), cond_acc %.3f (%.0f s)",
                  name, done, f"{v['params']:,}", v["final_loss"], v["fd"], v["fd_floor"], v["cond_acc"],
