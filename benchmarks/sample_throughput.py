@@ -43,7 +43,7 @@ def main():
           f"{count_parameters(theirs) / 1e6:.2f}M parameters")
 
     def run_ours(precision):     # as `ddpmlab sample --precision P` runs: the network in autocast, the solver fp32
-        return render.draw(ours, sched, cfg, args.n, Sampling(args.sampler, args.steps), labels=labels,
+        return render.sample_images(ours, sched, cfg, args.n, Sampling(args.sampler, args.steps), labels=labels,
                            precision=precision)
 
     def run_theirs(precision):

@@ -288,3 +288,27 @@ def test_sigint_then_resume_is_bit_identical(tmp_path):
     r = run(tmp_path / "cut", "--resume")
     assert r.returncode == 0, r.stderr
     assert_same_weights(tmp_path / "full", tmp_path / "cut")
+
+
+def test_the_log_holds_each_window_mean_and_each_epoch_mean(tmp_path, fmnist_small, monkeypatch):
+    """Every log_every steps (and at an epoch's end) one "step" line with the mean loss of the steps
+    since the last line; one "epoch" line with the mean over the epoch: what the loss curve and the
+    plateau scheduler read."""
+    seen = []
+    step = Trainer.train_step
+
+    def recording(self, idx):
+        loss = step(self, idx)
+        seen.append(float(loss))
+        return loss
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    data = fmnist_small.subset(224)                      # 7 steps of 32 an epoch: windows of 3, 3, 1
+    train(tmp_path / "run", tiny_rc(epochs=2, snapshot_steps=0), data=data, progress=False)
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in lines if m["kind"] == "step"]
+    assert [m["step"] for m in steps] == [3, 6, 7, 10, 13, 14]
+    bounds = [0, 3, 6, 7, 10, 13, 14]
+    for m, lo, hi in zip(steps, bounds, bounds[1:]):
+        assert m["loss"] == pytest.approx(sum(seen[lo:hi]) / (hi - lo), rel=1e-5)
+    epochs = [m for m in lines if m["kind"] == "epoch"]
+    assert [m["loss"] for m in epochs] == pytest.approx([sum(seen[:7]) / 7, sum(seen[7:]) / 7], rel=1e-5)

@@ -361,8 +361,8 @@ def test_guidance_changes_samples_and_zero_is_plain_conditional(preset):
     schedule = make_schedule()
     labels = torch.tensor([0, 1, 2, 3])
     kw = dict(labels=labels, seed=5)
-    plain = render.draw(model, schedule, cfg, 4, Sampling("ddim", 3), **kw)
-    guided = render.draw(model, schedule, cfg, 4, Sampling("ddim", 3, guidance=2.0), **kw)
+    plain = render.sample_images(model, schedule, cfg, 4, Sampling("ddim", 3), **kw)
+    guided = render.sample_images(model, schedule, cfg, 4, Sampling("ddim", 3, guidance=2.0), **kw)
     assert not torch.allclose(plain, guided, atol=1e-4)
     # W = 0 is exactly the conditional sampler with eps = model(x, t, label), no null branch
     seeds = [5 * 1_000_003 + i for i in range(4)]

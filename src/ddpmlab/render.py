@@ -1,4 +1,6 @@
-"""Draw a network's samples: grids, per-epoch snapshots and the generation-process figure.
+"""A network's samples for people to look at: `sample_images` (the per-image-seeded samples every
+command draws), and the figures made from them: grids, per-epoch snapshots, the generation process.
+The sampling is diffusion.generate's; the drawing is plots.py's (the one module that draws).
 
 Used by `train` (snapshots, final figures) and by `sample` / `process`; sits between the
 diffusion core and the trainer.
@@ -55,7 +57,7 @@ def make_labels(num_classes: int, n: int, label: int | str | None = None):
     return torch.arange(n) % num_classes
 
 
-def draw(model, schedule: Schedule, cfg, n: int, sampling: Sampling, *, labels=None, seed: int = 0, eta=None,
+def sample_images(model, schedule: Schedule, cfg, n: int, sampling: Sampling, *, labels=None, seed: int = 0, eta=None,
          device="cpu", callback=None, precision: str = "fp32", guide=None) -> torch.Tensor:
     """n images in [-1, 1] sampled as `sampling` says; image i uses seed (seed, i) whatever batch
     it is drawn in. guide: autoguidance's weaker network (`diffusion.generate`)."""
@@ -72,11 +74,11 @@ def sample_grid(model, schedule, cfg, path, sampling: Sampling, *, per_class: in
     if cfg.num_classes:
         k = cfg.num_classes
         labels = torch.arange(k).repeat_interleave(per_class)
-        x = draw(model, schedule, cfg, k * per_class, sampling, labels=labels, seed=seed, **kw)
+        x = sample_images(model, schedule, cfg, k * per_class, sampling, labels=labels, seed=seed, **kw)
         plots.write_grid(x, path, ncol=per_class, row_labels=class_names or default_class_names(k))
     else:   # 8x8 small images; 4x4 large ones (a 64x64 UNet costs ~20x more per image)
         side = 8 if cfg.image_size <= 32 else 4
-        x = draw(model, schedule, cfg, side * side, sampling, seed=seed, **kw)
+        x = sample_images(model, schedule, cfg, side * side, sampling, seed=seed, **kw)
         plots.write_grid(x, path, ncol=side)
     return x
 
@@ -105,7 +107,7 @@ def snapshots(model, schedule, cfg, snap_dir: Path, epoch: int, *, per_class: in
 
 def process_frames(model, schedule, cfg, sampling: Sampling, *, n: int = 4, label: int | None = None,
                    seed: int = 0, columns: int | None = 10, **kw) -> tuple[list, torch.Tensor | None]:
-    """The generation process of n samples (image i of `seed`, as `draw` makes it): frames
+    """The generation process of n samples (image i of `seed`, as `sample_images` makes it): frames
     (t, x_t, x0_pred), each (n, C, H, W), at ~`columns` evenly spaced steps from pure noise (None:
     every step), then (-1, final, final); and the labels."""
     labels = make_labels(cfg.num_classes, n, label)
@@ -120,7 +122,7 @@ def process_frames(model, schedule, cfg, sampling: Sampling, *, n: int = 4, labe
             frames.append((t, state["x"], x0.float().cpu()))
         state["x"] = x_next.float().cpu()
 
-    final = draw(model, schedule, cfg, n, sampling, labels=labels, seed=seed, callback=keep, **kw)
+    final = sample_images(model, schedule, cfg, n, sampling, labels=labels, seed=seed, callback=keep, **kw)
     frames.append((-1, final, final))
     return frames, labels
 

@@ -212,14 +212,14 @@ def same_seed_rows(runs: dict, path: Path, flags: SamplingConfig, n: int = 10) -
     unguided, with the report's sampler, steps and spacing (else ddpmlab's defaults) for every run."""
     import torch
     from . import plots
-    from .render import draw
+    from .render import sample_images
     from .sample import load_run
     s = Sampling(flags.sampler or DEFAULT_SAMPLER, flags.steps or DEFAULT_STEPS, spacing=flags.spacing or "trailing")
     rows = []
     for run_dir in runs.values():
         run = load_run(run_dir)
         labels = torch.arange(n) % run.num_classes if run.num_classes else None
-        rows.append(draw(run.model, run.schedule, run.config.model, n, s, labels=labels, seed=0, device=run.device,
+        rows.append(sample_images(run.model, run.schedule, run.config.model, n, s, labels=labels, seed=0, device=run.device,
                          precision=run.precision).float().cpu())
     plots.write_grid(torch.cat(rows), path, ncol=n, row_labels=list(runs))
 

@@ -131,7 +131,7 @@ def sample(run: LoadedRun, n: int, *, labels=None, seed: int = 0, eta: float | N
         log.warning("--guidance %g: %s was trained without label dropout (cond_drop 0), so its unconditional "
                     "branch (the null label) is untrained and guided samples are unreliable; train with "
                     "--cond-drop 0.1", s.guidance, run.path)
-    x = render.draw(run.model, run.schedule, run.config.model, n, s, labels=y, seed=seed, eta=eta,
+    x = render.sample_images(run.model, run.schedule, run.config.model, n, s, labels=y, seed=seed, eta=eta,
                     device=run.device, precision=run.precision, guide=run.guide_for(s))
     return x, y
 
