@@ -1,14 +1,13 @@
 """benchmarks/recipe_sweep.py: variants trained side by side and evaluated alike, a row each; a
 rerun resumes and reuses what is done; bad NAME=ARGS items are refused."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+import recipe_sweep as sweep      # benchmarks/ is on pytest's pythonpath (pyproject.toml)
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))       # as a script sees it: it imports time_to_quality
-import recipe_sweep as sweep  # noqa: E402
 
 
 def test_named_items_become_argument_lists():

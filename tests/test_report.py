@@ -25,9 +25,11 @@ def test_reproduce_writes_report_and_skips_finished_runs(tmp_path, tiny_budget, 
     presets = ["resnet-basic", "resnet-class", "unet-input"]
     md = R.reproduce(tmp_path, "quick", presets=presets, progress=False)
     text = md.read_text()
+    sections = headings(text)
     for heading in ("Very basic model", "Class embeddings", "The generation process", "UNet: class concatenated"):
-        assert heading in text
-    assert "| resnet-class |" in text and "fd floor" in text
+        assert any(heading in h for h in sections), sections
+    results = tables(text)["Results"][0]
+    assert "fd floor" in results[0] and {r["preset"] for r in results} == set(presets)
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 8 and "src='figures" not in html   # self-contained
     shown = images_in_a_browser(tmp_path / "report.html")
@@ -37,19 +39,20 @@ def test_reproduce_writes_report_and_skips_finished_runs(tmp_path, tiny_budget, 
         assert [json.loads(e.read_text())["n"] for e in evals] == [40] * (2 if p == "unet-input" else 1)
     # a run with sampling settings of its own is also scored at them, in a table of its own
     assert json.loads((tmp_path / "runs" / "unet-input" / "config.json").read_text())["sampling"]["guidance"] == 0.5
-    own = text.split("### At each model's own sampling")[1].split("\n\n")[2]     # its table
-    assert "| unet-input | ddim | 2 | 0.5 | trailing | every step | 4 |" in own and "resnet-class" not in own
+    own = tables(text)["At each model's own sampling"][0]      # then the wall-time table, no heading of its own
+    assert [(r["preset"], r["sampler"], r["steps"], r["guidance"], r["spacing"], r["guided for t in"],
+             r["network evaluations"]) for r in own] == [("unet-input", "ddim", "2", "0.5", "trailing", "every step", "4")]
     # the findings: a verdict for each of (a)-(h), the deciding figures of those measured
-    assert "The write-up's findings, checked" in text
-    for key in "abcdefgh":
-        assert f"| ({key}) |" in text
-    assert "### (c) Class embeddings make classes askable:" in text and "cond_acc" in text
-    assert "### (d) UNet with the class at the input only" in text
+    claims = tables(text)["The write-up's findings, checked"][0]
+    assert [r[""] for r in claims] == [f"({k})" for k in "abcdefgh"]
+    verdicts = {r[""][1]: r["verdict"] for r in claims}
+    assert any(h.startswith("(c) Class embeddings make classes askable: " + verdicts["c"]) for h in sections)
+    assert any(h.startswith("(d) UNet with the class at the input only") for h in sections) and "cond_acc" in text
     assert "finding-confusion-unets.png" in text and (tmp_path / "figures" / "finding-confusion-unets.png").is_file()
     # the budget's studies run inside reproduce, and their findings enter the report
     init = json.loads((tmp_path / "studies" / "init.json").read_text())
     assert init["steps"] == 3 and init["command"] == "ddpmlab reproduce --budget quick"
-    assert "### (g) The basic model's initialisation is suboptimal: not measured" not in text
+    assert verdicts["g"] != "not measured" and any(h.startswith("(g) ") for h in sections)
     assert "finding-study-init.png" in text
     timing = json.loads((tmp_path / "timing.json").read_text())["seconds"]
     assert set(timing) == {f"train {p}" for p in presets} | {"study init", "evaluate and report"}
@@ -63,6 +66,33 @@ def test_reproduce_writes_report_and_skips_finished_runs(tmp_path, tiny_budget, 
     assert (tmp_path / "studies" / "init.json").stat().st_mtime == study_mtime
     assert json.loads((tmp_path / "timing.json").read_text())["seconds"]["train resnet-basic"] == \
         timing["train resnet-basic"]                    # a skipped run adds no training time
+
+
+def headings(md: str) -> list[str]:
+    """The report's headings, without their #s."""
+    return [line.lstrip("#").strip() for line in md.splitlines() if line.startswith("#")]
+
+
+def tables(md: str) -> dict[str, list[list[dict]]]:
+    """heading -> the tables under it, each a list of rows {column: cell}: what a reader sees,
+    whatever the Markdown's spacing."""
+    out, heading, lines = {}, "", md.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        elif line.startswith("|") and i + 1 < len(lines) and set(lines[i + 1].replace("|", "").strip()) <= set("-: "):
+            cells = lambda row: [c.strip() for c in row.strip().strip("|").split("|")]   # noqa: E731
+            header, rows = cells(line), []
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(dict(zip(header, cells(lines[i]))))
+                i += 1
+            out.setdefault(heading, []).append(rows)
+            continue
+        i += 1
+    return out
 
 
 def images_in_a_browser(page) -> list[tuple[bool, int]]:

@@ -1,14 +1,11 @@
 """benchmarks/time_to_quality.py's arithmetic: minutes to a target fd, interpolated between
 budgets, and the ratio of minutes against the reference contender (a bound when one of the two
 never got there)."""
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))       # as a script sees it: it imports common
-import time_to_quality as ttq  # noqa: E402
+import time_to_quality as ttq     # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 
 
 def test_minutes_to_interpolates_between_budgets():

@@ -181,14 +181,18 @@ def test_adam_is_fused_and_stays_fused_on_resuming_an_older_unfused_checkpoint(t
     assert tr.step == state["step"] and all(g["fused"] is True for g in tr.opt.param_groups)
 
 
-def test_channels_last_auto_follows_the_measurements():
-    from ddpmlab.runtime import resolve_channels_last
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_channels_last("auto", cpu, "bf16", "resnet")
-    assert not resolve_channels_last("auto", cpu, "bf16", "unet")
-    assert not resolve_channels_last("auto", cpu, "fp32", "resnet")
-    assert resolve_channels_last("auto", cuda, "bf16", "unet")
-    assert resolve_channels_last("on", cpu) and not resolve_channels_last("off", cuda, "bf16", "resnet")
+def test_channels_last_changes_the_memory_layout_not_the_training(fmnist_small):
+    """--channels-last on: the network's 4-d weights and its input are laid out channels_last, and
+    the first steps' losses are those of the contiguous network (the same arithmetic, reordered)."""
+    data = fmnist_small.subset(64)
+    losses, layouts = {}, {}
+    for mode in ("off", "on"):
+        tr = Trainer("unused", tiny_rc(channels_last=mode, precision="fp32", batch_size=32), data=data, progress=False)
+        layouts[mode] = all(p.is_contiguous(memory_format=torch.channels_last)
+                            for p in tr.model.parameters() if p.dim() == 4)
+        losses[mode] = [tr.train_step(torch.arange(32 * i, 32 * (i + 1))).item() for i in range(2)]
+    assert layouts == {"off": False, "on": True}
+    assert losses["on"] == pytest.approx(losses["off"], rel=1e-4)
 
 
 ALLOCATION_PATTERN = """
