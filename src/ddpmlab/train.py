@@ -239,6 +239,20 @@ class TrainingState:
         if self.rank == 0:
             self.runlog.keep_until(self.step)   # lines logged after this checkpoint, by a run that then crashed
 
+    def rank_digests(self) -> list[str]:
+        """SHA-256 of every rank's weights and buffers: DDP must keep them identical."""
+        h = hashlib.sha256()
+        for v in [*self.model.state_dict().values(), *self.ema.model.state_dict().values()]:
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        out = [None] * self.world
+        dist.all_gather_object(out, h.hexdigest())
+        return out
+
+    def sum_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
+
     def lr(self) -> float:
         return self.opt.param_groups[0]["lr"]
 
@@ -256,6 +270,20 @@ class TrainingState:
         tc = self.rc.train
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience, min_lr=tc.min_lr)
+
+
+def for_ranks(model, device, world: int, compile: bool):
+    """(what the loss calls, the network): under torchrun the network wrapped in DDP (the network
+    is then its .module), compiled with --compile."""
+    ddp = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        net = model
+        if device.type == "cuda":   # SyncBatchNorm is GPU-only in PyTorch; on CPU (gloo) the
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)   # running stats come from rank 0
+        ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        model = ddp.module
+    return (torch.compile(ddp) if compile else ddp), model
 
 
 def training_data(rc: RunConfig, data: ImageSet | None) -> ImageSet:
@@ -310,16 +338,7 @@ class Trainer(TrainingState):
         self.batches_per_epoch = max(1, len(data) // (self.batch * self.world))  # last partial batch dropped
         self.schedule = make_schedule(rc.diffusion)
         super().__init__(run_dir, rc, self.batch)
-        self.ddp = self.model                                               # what the loss calls
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-            net = self.model
-            if self.device.type == "cuda":   # SyncBatchNorm is GPU-only in PyTorch; on CPU (gloo) the
-                net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)   # running stats come from rank 0
-            self.ddp = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            self.model = self.ddp.module
-        if tc.compile:
-            self.ddp = torch.compile(self.ddp)
+        self.ddp, self.model = for_ranks(self.model, self.device, self.world, tc.compile)
         self.interrupted = False
         self.stop_agreed = False        # distributed: all ranks stop at the same step
         self.postfix = {}               # collapse scores of the last epoch, shown on the progress bar
@@ -340,24 +359,6 @@ class Trainer(TrainingState):
         total = tc.epochs * self.batches_per_epoch
         total = min(total, tc.max_steps) if tc.max_steps else total
         return min(total, self.clock.plan["steps"]) if self.clock.planned() else total
-
-    def plan_length(self) -> None:
-        """--minutes: the run's length from its pace since PLAN_FROM_STEP (epoch-end work
-        included), so that it, and a cosine schedule with it, ends when the budget is spent;
-        re-planned at every epoch's end as the pace becomes known. Each plan goes into the
-        checkpoint, so a run resumed at the same pace ends as the uninterrupted one."""
-        seconds, per_step = self.clock.pace(self.step)
-        steps = torch.tensor(float(steps_for_minutes(self.step, seconds, per_step, self.clock.minutes)
-                                   if self.rank == 0 else 0), device=self.device)
-        steps = int(self._sum_ranks(steps).item())       # rank 0's clock decides, for every rank
-        self.clock.set_length(self.step, steps)
-        if self.bar is not None:
-            self.bar.total = self.planned_steps()
-            self.bar.refresh()
-        self.log_metrics(kind="plan", step=self.step, steps=steps, seconds=round(seconds, 1),
-                         seconds_per_step=round(per_step, 4))
-        log.info("--minutes %g: %.3f s a step, %.0f s in at step %d: the run is %d steps",
-                 self.clock.minutes, per_step, seconds, self.step, steps)
 
     # ------------------------------------------------------------------ one step
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
@@ -385,15 +386,6 @@ class Trainer(TrainingState):
         self.ema.update(self.model, self.step)
         return loss.detach()
 
-    def first_step_compiled(self, idx: torch.Tensor) -> torch.Tensor:
-        """train_step, timed: with --compile the first call compiles, and the log says how long."""
-        t0 = time.perf_counter()
-        loss = self.train_step(idx).item()
-        self.compile_s = time.perf_counter() - t0
-        log.info("torch.compile: first step (compilation included) took %.1f s", self.compile_s)
-        self.log_metrics(kind="compile", step=self.step + 1, seconds=round(self.compile_s, 1))
-        return torch.tensor(loss, device=self.device)
-
     def check_finite(self, value: float) -> None:
         if not math.isfinite(value):
             raise TrainingDiverged(
@@ -402,48 +394,8 @@ class Trainer(TrainingState):
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
-        """Set up, run the loop, save; the final figures. Ctrl-C stops at the next step and saves."""
-        self.prepare_run_dir()
-        total = self.planned_steps()
-        log.info("run %s: preset %s, %d parameters, %d images, device %s, precision %s, channels_last %s%s",
-                 self.run_dir, self.rc.preset, count_parameters(self.model), len(self.images),
-                 self.device, self.precision, self.channels_last,
-                 f", rank {self.rank} of {self.world}" if self.world > 1 else "")
-        self.bar = tqdm(total=total, initial=min(self.step, total), disable=not (self.progress and self.rank == 0),
-                        unit="step", dynamic_ncols=True, desc=self.rc.preset)
-        previous = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, self._on_sigint)
-        try:
-            finished = self.run_epochs()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            self.bar.close()
-            self.bar = None
-        self.save()
-        if self.interrupted:
-            raise TrainingInterrupted(f"interrupted at step {self.step}; saved, continue with --resume")
-        if self.world > 1:
-            self.log_metrics(kind="ddp", step=self.step, world=self.world, weights_sha256=self.rank_digests())
-        if self.rank == 0:
-            try:
-                self.finish_figures()
-            except KeyboardInterrupt:
-                # Ctrl-C (or a harness's SIGINT at its budget) after the final save: the run is
-                # complete on disk, only its last figures are missing; say so in one line, exit 130
-                raise TrainingInterrupted(f"interrupted while drawing the final figures after step {self.step}; "
-                                          "the run is saved") from None
-        return {"steps": self.step, "epochs": self.epoch, "finished": finished}
-
-    def prepare_run_dir(self) -> None:
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            removed = checkpoint.remove_stale(self.run_dir)     # leftovers of an interrupted save
-            if removed:
-                log.info("removed %s: left by an interrupted checkpoint", ", ".join(sorted(removed)))
-            if self.step == 0:              # a fresh run: no log of an earlier attempt survives
-                self.runlog.reset()
-            save_config(self.run_dir, self.rc)
-        self.last_save = time.monotonic()
+        """Set up, run the loop, save; the final figures (`fit`)."""
+        return fit(self)
 
     def run_epochs(self) -> bool:
         """Epochs of batches until the run's length. True when the run is complete (its epochs, or
@@ -460,18 +412,18 @@ class Trainer(TrainingState):
                 first = (self.batch_pos * self.world + self.rank) * self.batch     # this rank's shard
                 idx = perm[first:first + self.batch]
                 compiling = tc.compile and self.compile_s is None
-                loss = self.first_step_compiled(idx) if compiling else self.train_step(idx)
+                loss = first_step_compiled(self, idx) if compiling else self.train_step(idx)
                 self.step += 1
                 self.batch_pos += 1
                 if self.clock.due(self.step, tc.warmup_steps):
-                    self.plan_length()
+                    plan_length(self)
                 self.epoch_loss_sum += loss
                 window.add(loss)
                 self.epoch_imgs += self.batch * self.world
                 self.bar.update(1)
                 if window.n == tc.log_every or self.batch_pos == self.batches_per_epoch:
                     self.log_window(window)
-            self.end_epoch()
+            end_epoch(self)
             window.restart()   # snapshot time does not count as training time
         return True
 
@@ -494,7 +446,7 @@ class Trainer(TrainingState):
         all ranks agree on stopping (Ctrl-C) and on a time-based checkpoint (every SAVE_EVERY_S)."""
         want_save = time.monotonic() - self.last_save > SAVE_EVERY_S
         flags = torch.tensor([float(self.interrupted), float(want_save)], device=self.device)
-        agreed = self._sum_ranks(torch.cat([window.sum.float().view(1), flags])).tolist()
+        agreed = self.sum_ranks(torch.cat([window.sum.float().view(1), flags])).tolist()
         value = agreed[0] / (window.n * self.world)
         self.stop_agreed, want_save = agreed[1] > 0, agreed[2] > 0
         self.check_finite(value)
@@ -506,54 +458,121 @@ class Trainer(TrainingState):
         if want_save:
             self.save()
 
-    def end_epoch(self) -> None:
-        # the mean over all ranks: every rank's LR scheduler must see the same number
-        epoch_loss = self._sum_ranks(self.epoch_loss_sum.clone()).item() / (self.batches_per_epoch * self.world)
-        self.check_finite(epoch_loss)
-        seconds = time.perf_counter() - self.epoch_t0
-        if self.rc.train.lr_schedule == "plateau":
-            self.plateau.step(epoch_loss)
-        self.epoch += 1
-        self.batch_pos = 0
-        scores = {}
-        if self.rank == 0:
-            for work in END_OF_EPOCH:
-                scores.update(work(self) or {})
-        if self.clock.planned():                # --minutes: the pace now includes an epoch's end
-            self.plan_length()
-        self.log_metrics(kind="epoch", step=self.step, epoch=self.epoch, loss=epoch_loss, lr=self.lr(),
-                         img_per_s=round(self.epoch_imgs / seconds, 2), seconds=round(seconds, 1), **scores)
-        log.info("epoch %d: loss %.4f, lr %.1e, %.1f img/s%s", self.epoch, epoch_loss, self.lr(),
-                 self.epoch_imgs / seconds, "".join(f", {k} {v}" for k, v in scores.items()))
-        self.save()
-        if self.rank == 0:
-            loss_figure(self)
-
     def finish_figures(self) -> None:
         for work in END_OF_TRAINING:
             work(self)
 
-    def rank_digests(self) -> list[str]:
-        """SHA-256 of every rank's weights and buffers: DDP must keep them identical."""
-        h = hashlib.sha256()
-        for v in [*self.model.state_dict().values(), *self.ema.model.state_dict().values()]:
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        out = [None] * self.world
-        dist.all_gather_object(out, h.hexdigest())
-        return out
-
-    def _sum_ranks(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            dist.all_reduce(t)
-        return t
-
-    def _on_sigint(self, *_):
+    def on_sigint(self, *_):
         if self.interrupted:   # second Ctrl-C: give up at once
             raise KeyboardInterrupt
         self.interrupted = True
 
 
+# ---------------------------------------------------------------------- around the loop
+
+def fit(tr: "Trainer") -> dict:
+    """Set up, run the loop, save; the final figures. Ctrl-C stops at the next step and saves."""
+    prepare_run_dir(tr)
+    total = tr.planned_steps()
+    log.info("run %s: preset %s, %d parameters, %d images, device %s, precision %s, channels_last %s%s",
+             tr.run_dir, tr.rc.preset, count_parameters(tr.model), len(tr.images),
+             tr.device, tr.precision, tr.channels_last,
+             f", rank {tr.rank} of {tr.world}" if tr.world > 1 else "")
+    tr.bar = tqdm(total=total, initial=min(tr.step, total), disable=not (tr.progress and tr.rank == 0),
+                  unit="step", dynamic_ncols=True, desc=tr.rc.preset)
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, tr.on_sigint)
+    try:
+        finished = tr.run_epochs()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        tr.bar.close()
+        tr.bar = None
+    tr.save()
+    if tr.interrupted:
+        raise TrainingInterrupted(f"interrupted at step {tr.step}; saved, continue with --resume")
+    if tr.world > 1:
+        tr.log_metrics(kind="ddp", step=tr.step, world=tr.world, weights_sha256=tr.rank_digests())
+    if tr.rank == 0:
+        try:
+            tr.finish_figures()
+        except KeyboardInterrupt:
+            # Ctrl-C (or a harness's SIGINT at its budget) after the final save: the run is
+            # complete on disk, only its last figures are missing; say so in one line, exit 130
+            raise TrainingInterrupted(f"interrupted while drawing the final figures after step {tr.step}; "
+                                      "the run is saved") from None
+    return {"steps": tr.step, "epochs": tr.epoch, "finished": finished}
+
+
+def plan_length(tr: "Trainer") -> None:
+    """--minutes: the run's length from its pace since PLAN_FROM_STEP (epoch-end work
+    included), so that it, and a cosine schedule with it, ends when the budget is spent;
+    re-planned at every epoch's end as the pace becomes known. Each plan goes into the
+    checkpoint, so a run resumed at the same pace ends as the uninterrupted one."""
+    seconds, per_step = tr.clock.pace(tr.step)
+    steps = torch.tensor(float(steps_for_minutes(tr.step, seconds, per_step, tr.clock.minutes)
+                               if tr.rank == 0 else 0), device=tr.device)
+    steps = int(tr.sum_ranks(steps).item())       # rank 0's clock decides, for every rank
+    tr.clock.set_length(tr.step, steps)
+    if tr.bar is not None:
+        tr.bar.total = tr.planned_steps()
+        tr.bar.refresh()
+    tr.log_metrics(kind="plan", step=tr.step, steps=steps, seconds=round(seconds, 1),
+                     seconds_per_step=round(per_step, 4))
+    log.info("--minutes %g: %.3f s a step, %.0f s in at step %d: the run is %d steps",
+             tr.clock.minutes, per_step, seconds, tr.step, steps)
+
+
+def prepare_run_dir(tr: "Trainer") -> None:
+    if tr.rank == 0:
+        tr.run_dir.mkdir(parents=True, exist_ok=True)
+        removed = checkpoint.remove_stale(tr.run_dir)     # leftovers of an interrupted save
+        if removed:
+            log.info("removed %s: left by an interrupted checkpoint", ", ".join(sorted(removed)))
+        if tr.step == 0:              # a fresh run: no log of an earlier attempt survives
+            tr.runlog.reset()
+        save_config(tr.run_dir, tr.rc)
+    tr.last_save = time.monotonic()
+
+
+def first_step_compiled(tr: "Trainer", idx: torch.Tensor) -> torch.Tensor:
+    """train_step, timed: with --compile the first call compiles, and the log says how long."""
+    t0 = time.perf_counter()
+    loss = tr.train_step(idx).item()
+    tr.compile_s = time.perf_counter() - t0
+    log.info("torch.compile: first step (compilation included) took %.1f s", tr.compile_s)
+    tr.log_metrics(kind="compile", step=tr.step + 1, seconds=round(tr.compile_s, 1))
+    return torch.tensor(loss, device=tr.device)
+
+
 # ---------------------------------------------------------------------- end-of-epoch and final work
+
+def end_epoch(tr: "Trainer") -> None:
+    """The epoch's mean loss (logged, and read by the plateau scheduler), its snapshots and collapse
+    scores (END_OF_EPOCH), a re-plan of --minutes, a checkpoint and the loss figure."""
+    # the mean over all ranks: every rank's LR scheduler must see the same number
+    epoch_loss = tr.sum_ranks(tr.epoch_loss_sum.clone()).item() / (tr.batches_per_epoch * tr.world)
+    tr.check_finite(epoch_loss)
+    seconds = time.perf_counter() - tr.epoch_t0
+    if tr.rc.train.lr_schedule == "plateau":
+        tr.plateau.step(epoch_loss)
+    tr.epoch += 1
+    tr.batch_pos = 0
+    scores = {}
+    if tr.rank == 0:
+        for work in END_OF_EPOCH:
+            scores.update(work(tr) or {})
+    if tr.clock.planned():                # --minutes: the pace now includes an epoch's end
+        plan_length(tr)
+    tr.log_metrics(kind="epoch", step=tr.step, epoch=tr.epoch, loss=epoch_loss, lr=tr.lr(),
+                   img_per_s=round(tr.epoch_imgs / seconds, 2), seconds=round(seconds, 1), **scores)
+    log.info("epoch %d: loss %.4f, lr %.1e, %.1f img/s%s", tr.epoch, epoch_loss, tr.lr(),
+             tr.epoch_imgs / seconds, "".join(f", {k} {v}" for k, v in scores.items()))
+    tr.save()
+    if tr.rank == 0:
+        loss_figure(tr)
+
+
 # Plain functions of the trainer (rank 0 only), run in order; the epoch's ones return scores for
 # its metrics line.
 
@@ -644,7 +663,7 @@ def train(run_dir, rc: RunConfig | None = None, *, resume: bool = False, data: I
             if rc.train.minutes != saved_minutes and trainer.clock.planned():
                 # a new budget (say 60 minutes more for a finished run): its length is planned
                 # again now from the pace so far, and the cosine schedule stretches to the new end
-                trainer.plan_length()
+                plan_length(trainer)
         result = trainer.fit()
         if trainer.world > 1:
             # rank 0 still draws the final figures: the others wait, so that no rank tears down
