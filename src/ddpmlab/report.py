@@ -233,6 +233,58 @@ def flags_text(s: Sampling) -> str:
             + ("" if not s.autoguidance else f" --autoguidance {s.autoguidance:g}"))
 
 
+def model_blocks(p: str, d: Path, s: dict, fig_dir: Path) -> list[Block]:
+    """One model's section: what the write-up says of it, its run, its loss, samples, snapshots
+    across epochs and generation process (drawn here when the run has none on disk)."""
+    blocks = []
+    name, text = SECTIONS.get(p, (p, ""))
+    blocks.append(Block("heading", f"{name} (`{p}`)", level=2))
+    if text:
+        blocks.append(Block("text", text))
+    blocks.append(Block("text", f"Run `{d}`: {s['params']:,} parameters, {s['epochs']} epochs, "
+                        f"{s['train_images']:,} training images in {s['train_seconds'] / 60:.1f} min."))
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    drawn = draw_missing_figures(d, fig_dir, p)     # a shipped model has no sample grid or process on disk
+    for src, caption in ((d / "loss.png", "loss"), (d / "samples" / "grid.png", "samples")):
+        src = drawn.get(caption, src)
+        if src.is_file():
+            dst = fig_dir / f"{p}-{caption}.png"
+            if src != dst:
+                shutil.copyfile(src, dst)
+            blocks.append(Block("image", caption, path=dst))
+    strip = snapshot_strip(d, fig_dir / f"{p}-snapshots.png", label=3 if s["conditional"] else 0)
+    if strip:
+        blocks.append(Block("image", "snapshots across epochs", path=strip))
+    src = drawn.get("process", d / "process.png")
+    if src.is_file():
+        dst = fig_dir / f"{p}-process.png"
+        if src != dst:
+            shutil.copyfile(src, dst)
+        if p == "resnet-class":   # the write-up's "generation process visualized" section
+            blocks.append(Block("heading", "The generation process", level=3))
+        blocks.append(Block("image", "generation process: x_t from noise to image, predicted x0 beneath",
+                            path=dst))
+    return blocks
+
+
+def how_evaluated(n: int, sampled: dict, results: dict) -> str:
+    """The paragraph above the results table: how every row was sampled and scored."""
+    settings = set(sampled.values())
+    if len(settings) == 1:
+        how = f"Every row is evaluated the same way: `ddpmlab evaluate RUN --n {n} {flags_text(settings.pop())}`."
+    elif settings:
+        how = (f"Every row is `ddpmlab evaluate RUN --n {n}` with that run's own sampling settings (its "
+               "config.json \"sampling\"; sampler, steps and guidance columns), so rows differ in more than the model.")
+    else:
+        how = "No run here makes FashionMNIST images, so none is scored."
+    precisions = sorted({r.get("sampling_precision", "fp32") for r in results.values()})
+    if precisions:
+        how += f" The network sampled in {' and '.join(precisions)}."
+    return how + (" fd is the Fréchet distance in the feature space of ddpmlab's FashionMNIST classifier against the "
+                  f"10k test images; fd floor is the same for {n} real training images. cond_acc: fraction of "
+                  "samples classified as the requested class. Class entropy in nats (uniform = 2.303).")
+
+
 def build(runs: list, out: Path, *, n: int = 1000, sampling: SamplingConfig | None = None, evaluate: bool = True,
           title: str | None = None, intro: str = "") -> list[Block]:
     """The report's blocks. sampling: the flags every run is evaluated with, resolved against each
@@ -264,21 +316,7 @@ def build(runs: list, out: Path, *, n: int = 1000, sampling: SamplingConfig | No
     if not evaluate:
         blocks.append(Block("text", "Not evaluated (`--no-eval`): figures and training records only."))
     else:
-        settings = set(sampled.values())
-        if len(settings) == 1:
-            how = f"Every row is evaluated the same way: `ddpmlab evaluate RUN --n {n} {flags_text(settings.pop())}`."
-        elif settings:
-            how = (f"Every row is `ddpmlab evaluate RUN --n {n}` with that run's own sampling settings (its "
-                   "config.json \"sampling\"; sampler, steps and guidance columns), so rows differ in more than the model.")
-        else:
-            how = "No run here makes FashionMNIST images, so none is scored."
-        precisions = sorted({r.get("sampling_precision", "fp32") for r in results.values()})
-        if precisions:
-            how += f" The network sampled in {' and '.join(precisions)}."
-        blocks.append(Block("text", how + " fd is the Fréchet "
-                            "distance in the feature space of ddpmlab's FashionMNIST classifier against the 10k test "
-                            f"images; fd floor is the same for {n} real training images. cond_acc: fraction of "
-                            "samples classified as the requested class. Class entropy in nats (uniform = 2.303)."))
+        blocks.append(Block("text", how_evaluated(n, sampled, results)))
     order = sorted(by_preset, key=lambda p: ORDER.index(p) if p in ORDER else len(ORDER))
     blocks.append(Block("table", header=RESULT_HEADER, rows=[result_row(summaries[p], results.get(p)) for p in order]))
     if evaluate:
@@ -290,35 +328,7 @@ def build(runs: list, out: Path, *, n: int = 1000, sampling: SamplingConfig | No
                                   metrics, out, fig_dir, flags)
 
     for p in order:
-        d = by_preset[p]
-        name, text = SECTIONS.get(p, (p, ""))
-        blocks.append(Block("heading", f"{name} (`{p}`)", level=2))
-        if text:
-            blocks.append(Block("text", text))
-        s = summaries[p]
-        blocks.append(Block("text", f"Run `{d}`: {s['params']:,} parameters, {s['epochs']} epochs, "
-                            f"{s['train_images']:,} training images in {s['train_seconds'] / 60:.1f} min."))
-        fig_dir.mkdir(parents=True, exist_ok=True)
-        drawn = draw_missing_figures(d, fig_dir, p)     # a shipped model has no sample grid or process on disk
-        for src, caption in ((d / "loss.png", "loss"), (d / "samples" / "grid.png", "samples")):
-            src = drawn.get(caption, src)
-            if src.is_file():
-                dst = fig_dir / f"{p}-{caption}.png"
-                if src != dst:
-                    shutil.copyfile(src, dst)
-                blocks.append(Block("image", caption, path=dst))
-        strip = snapshot_strip(d, fig_dir / f"{p}-snapshots.png", label=3 if s["conditional"] else 0)
-        if strip:
-            blocks.append(Block("image", "snapshots across epochs", path=strip))
-        src = drawn.get("process", d / "process.png")
-        if src.is_file():
-            dst = fig_dir / f"{p}-process.png"
-            if src != dst:
-                shutil.copyfile(src, dst)
-            if p == "resnet-class":   # the write-up's "generation process visualized" section
-                blocks.append(Block("heading", "The generation process", level=3))
-            blocks.append(Block("image", "generation process: x_t from noise to image, predicted x0 beneath",
-                                path=dst))
+        blocks += model_blocks(p, by_preset[p], summaries[p], fig_dir)
     return blocks
 
 
