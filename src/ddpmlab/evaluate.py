@@ -262,8 +262,7 @@ def cached_evaluate_run(run, n: int = 1000, *, sampling: SamplingConfig | Sampli
     share it. Returns the result and its file. sampling: the flags to resolve against the run's
     own settings (None: its own), or a resolved Sampling; resolved here, once, and the same value
     names the file and draws the samples."""
-    from . import __version__, checkpoint
-    from .classifier import PRETRAINED
+    from . import checkpoint
     from .run import load_config, resolve_run
     from .sample import guide_dir, resolve_sampling
     run_dir = resolve_run(run)
