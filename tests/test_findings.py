@@ -103,6 +103,10 @@ def test_studies_decide_g_and_h_and_are_named_when_missing():
     assert F.good_bugs(bugs).verdict == F.PARTLY
     bugs["good_bugs"]["variants"]["pool-first"]["final_loss"] = 0.06
     assert F.good_bugs(bugs).verdict == F.REPRODUCED
+    # with the out-of-place control, the alias is judged against it: an inplace run as bad as its
+    # control did not suffer from the alias, whatever the correct network scores
+    bugs["good_bugs"]["variants"]["residual-copy"] = {"final_loss": 0.05, "fd": 6.0}
+    assert F.good_bugs(bugs).verdict == F.PARTLY
 
 
 def test_confusion_counts_requested_against_seen():

@@ -60,19 +60,19 @@ def test_good_bugs_smoke_and_rerun_skips(tmp_path, caplog):
     r = json.loads((tmp_path / "good_bugs.json").read_text())
     assert r["finding"] == "h" and r["command"] == "ddpmlab reproduce --budget test" and r["machine"]
     assert r["images"] == 64
-    assert list(r["variants"]) == ["ddpmlab", "residual-inplace", "pool-first"]
+    assert list(r["variants"]) == ["ddpmlab", "residual-inplace", "residual-copy", "pool-first"]
     for v in r["variants"].values():
         assert {"params", "final_loss", "loss_curve", "fd", "fd_floor", "cond_acc", "precision", "recall",
                 "img_per_s"} <= set(v)
         assert v["loss_curve"] and all(len(p) == 2 for p in v["loss_curve"])
     p = {k: v["params"] for k, v in r["variants"].items()}
-    assert p["ddpmlab"] == p["residual-inplace"] > p["pool-first"]   # pool_first drops the strided convs
+    assert p["ddpmlab"] == p["residual-inplace"] == p["residual-copy"] > p["pool-first"]   # no strided convs
     for name in ("good_bugs.png", "good_bugs-samples.png"):
         assert is_png(tmp_path / name)
     # started again: every finished run is skipped, not trained twice
     caplog.set_level(logging.INFO)
     good_bugs.run(tmp_path, **GOOD_BUGS)
-    assert caplog.text.count("finished earlier, skipped") == 3
+    assert caplog.text.count("finished earlier, skipped") == 4
 
 
 def test_collapse_study_smoke(tmp_path):

@@ -477,3 +477,29 @@ def test_retired_preset_names_load_the_networks_they_named(capsys):
     assert cli.main(["presets"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert "cpu" in listed and "cpu-mini" in listed and not {"unet-small", "unet-lite", "unet-coarse", "unet-mini"} & set(listed)
+
+
+def test_residual_control_differs_from_the_bug_by_the_alias_alone():
+    """residual_control: the same SiLU on the down path, out of place: every skip is read as it was
+    kept (version unchanged), so with the same weights it differs from residual_inplace only in what
+    the up path concatenates, and from the default by the extra activation."""
+    control = randomise(tiny(channel_mults=(1, 2, 2), residual_control=True)).eval()
+    kept, _ = watch_skips(control)
+    seen = []
+    for j, level in enumerate(control.up):
+        def pre_hook(_, args, j=j):
+            skip = kept[len(kept) - 1 - j]
+            seen.append((skip[0]._version == skip[2], torch.equal(args[0][:, -skip[0].shape[1]:], skip[1])))
+        level.blocks[0].register_forward_pre_hook(pre_hook)
+    buggy, default = tiny(channel_mults=(1, 2, 2), residual_inplace=True), tiny(channel_mults=(1, 2, 2))
+    for m in (buggy, default):
+        m.load_state_dict(control.state_dict())              # the same weights: no parameter of its own
+        m.eval()
+    x, t, label = *inputs(), torch.tensor([1, 2, 3, 4])
+    with torch.no_grad():
+        out = control(x, t, label)
+        assert seen == [(True, True)] * 3                    # the skips as kept, untouched
+        assert not torch.allclose(out, buggy(x, t, label), atol=1e-4)
+        assert not torch.allclose(out, default(x, t, label), atol=1e-4)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        ModelConfig(arch="unet", residual_inplace=True, residual_control=True).validate()

@@ -48,6 +48,7 @@ class ModelConfig:
     class_cond: str = "input"       # "input" | "cbn" | "block" (where the class enters)
     attention: bool = False         # unet: self-attention at the lowest resolution
     residual_inplace: bool = _opt(False)  # unet: reproduces the write-up's bug "tensors are CoW"; off in every preset
+    residual_control: bool = _opt(False)  # unet: that bug's control: the same SiLU, out of place (no alias)
     pool_first: bool = _opt(False)        # unet: reproduces its bug "pooling as first step"; off in every preset
     # unet, on the way up: "nearest-conv" upsamples, then convolves at the higher resolution (the
     # write-up's); "conv-nearest" convolves at the lower resolution to the next level's width, then
@@ -65,7 +66,10 @@ class ModelConfig:
         if self.arch == "unet" and (not self.channel_mults or min(self.channel_mults) < 1 or self.blocks_per_level < 1):
             raise ConfigError(f"unet needs channel_mults of positive integers and blocks_per_level >= 1, "
                               f"got {self.channel_mults} and {self.blocks_per_level}")
-        for bug in ("residual_inplace", "pool_first"):   # both act between the levels of a UNet
+        if self.residual_inplace and self.residual_control:
+            raise ConfigError("residual_inplace and residual_control exclude each other: the control is the same "
+                              "network without the alias")
+        for bug in ("residual_inplace", "residual_control", "pool_first"):   # they act between the levels of a UNet
             if getattr(self, bug) and self.arch != "unet":
                 raise ConfigError(f"{bug} reproduces a bug of the write-up's UNet; arch {self.arch!r} has no levels "
                                   "(valid only with arch unet)")

@@ -274,12 +274,15 @@ def good_bugs(studies: dict) -> Finding:
         return Finding("h", claim, NOT_MEASURED,
                        "run `ddpmlab reproduce` (its good-bugs study)")
     v = st["variants"]
-    base = v.get("ddpmlab", {})
+    # each bug against the network identical but for it: the alias against its out-of-place control
+    # (when the study has one), pooling first against the correct network
+    against = {"residual-inplace": "residual-copy" if "residual-copy" in v else "ddpmlab", "pool-first": "ddpmlab"}
     parts, hurt = [], []
     for name, d in v.items():
         parts.append(f"{name}: loss {_fmt(d.get('final_loss'), '.4f')}, fd {_fmt(d.get('fd'))}, "
                      f"cond_acc {_fmt(d.get('cond_acc'), '.3f')}")
-        if name != "ddpmlab" and base:
+        base = v.get(against.get(name, ""), {})
+        if base:
             r = _ratio(d.get("fd"), base.get("fd"))
             lr = _ratio(d.get("final_loss"), base.get("final_loss"))
             hurt.append(bool((r and r >= FD_CLEAR) or (lr and lr >= LOSS_CLEAR)))

@@ -21,7 +21,7 @@ Two lessons of the write-up are built in:
   place, so the tensor kept in `skips` is never changed after it is kept
   (tests/test_unet.py checks this with the tensors' version counters).
 
-Two ModelConfig switches, off in every preset, undo them to measure the write-up's "good bugs"
+ModelConfig switches, off in every preset, undo them to measure the write-up's "good bugs"
 (ddpmlab.studies.good_bugs trains the three side by side):
 - pool_first: between levels the down path is a 2x2 max pool (ceil_mode: 7 -> 4) instead of the
   learned strided convolution, so every level after the first begins with pooling the output of
@@ -42,6 +42,9 @@ Two ModelConfig switches, off in every preset, undo them to measure the write-up
   is at the version it was saved at. (Modifying h after the Downsample had read and saved it
   would raise at backward instead.) tests/test_unet.py checks the versions and, by gradcheck, the
   gradients.
+- residual_control: the control of residual_inplace, identical but for the alias: the same SiLU on
+  the down path, out of place, so the skip keeps h. residual_inplace against residual_control
+  measures the alias alone; residual_control against the default, the extra activation alone.
 """
 from __future__ import annotations
 
@@ -105,8 +108,8 @@ class SelfAttention(nn.Module):
 class Level(nn.Module):
     """The residual blocks of one resolution; `resample` (Downsample / Upsample, a max pool with
     pool_first, or None) is applied by the UNet, after the blocks on the way down and before them
-    on the way up. `after_skip` (residual_inplace only: an in-place SiLU) is applied on the way
-    down to the tensor just kept as the skip."""
+    on the way up. `after_skip` (residual_inplace: an in-place SiLU; residual_control: the same out
+    of place) is applied on the way down to the tensor just kept as the skip."""
 
     def __init__(self, blocks: list[ResBlock], resample: nn.Module | None, after_skip: nn.Module | None = None):
         super().__init__()
@@ -146,8 +149,8 @@ class UNet(nn.Module):
         for i, w in enumerate(widths):
             blocks = [block(ch if j == 0 else w, w) for j in range(cfg.blocks_per_level)]
             ch = w
-            self.down.append(Level(blocks, downsample(w) if i < n_levels - 1 else None,
-                                   nn.SiLU(inplace=True) if cfg.residual_inplace else None))
+            after_skip = nn.SiLU(inplace=True) if cfg.residual_inplace else nn.SiLU() if cfg.residual_control else None
+            self.down.append(Level(blocks, downsample(w) if i < n_levels - 1 else None, after_skip))
         # middle, at the lowest resolution
         self.mid1 = block(ch, ch)
         self.attn = SelfAttention(ch) if cfg.attention else None

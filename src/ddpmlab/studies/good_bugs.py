@@ -1,12 +1,14 @@
 """Finding (h): the write-up's two UNet "good bugs", switched back on and measured.
 
-Three variants of the budget's unet-block, each trained by ddpmlab's trainer (the write-up's
+Four variants of the budget's unet-block, each trained by ddpmlab's trainer (the write-up's
 recipe) for `epochs` of the first `subset` FashionMNIST images with the same seed, so the same data
 order, timesteps and noise, then evaluated as the standard budget evaluates (dpm++2m, 20 log-SNR
 steps, no guidance, `n` samples):
   ddpmlab           no bug
   residual-inplace  ModelConfig.residual_inplace, "tensors are CoW, so you need to copy them to keep
                     residuals": every skip is modified in place (an in-place SiLU) after it is kept
+  residual-copy     ModelConfig.residual_control, its control: the same SiLU on the down path, out of
+                    place, so the skips stay as kept; against residual-inplace it isolates the alias
   pool-first        ModelConfig.pool_first, "pooling as first step in a Unet block did not work":
                     every level below the first starts with 2x2 max pooling instead of a learned
                     strided convolution
@@ -46,7 +48,8 @@ from ..train import train  # noqa: E402
 log = logging.getLogger("ddpmlab.studies.good_bugs")
 
 PRESET = "unet-block"
-VARIANTS = {"ddpmlab": {}, "residual-inplace": {"residual_inplace": True}, "pool-first": {"pool_first": True}}
+VARIANTS = {"ddpmlab": {}, "residual-inplace": {"residual_inplace": True}, "residual-copy": {"residual_control": True},
+            "pool-first": {"pool_first": True}}
 EVALUATION = {"sampler": "dpm++2m", "steps": 20, "spacing": "logsnr", "guidance": 0.0}   # reproduce --budget standard
 SCORES = ("fd", "fd_floor", "cond_acc", "precision", "recall")
 
