@@ -301,24 +301,32 @@ def test_residual_inplace_gradients_are_those_of_the_computation():
     assert torch.autograd.gradcheck(lambda x: model(x, t, torch.tensor([1, 2])), (x,))
 
 
-def test_pool_first_begins_every_lower_level_with_max_pooling():
+def test_pool_first_pools_before_any_convolution_of_every_level():
+    """pool_first as the write-up wrote it: each level's first block sees the max-pooled output of
+    what came before (the stem for level 0), no level convolves at full resolution, nothing learns
+    the downsampling, and the output is back at the image's size."""
     default = tiny(channel_mults=(1, 2, 2))
     pooled = tiny(channel_mults=(1, 2, 2), pool_first=True)
     downsamples = [m for m in default.modules() if isinstance(m, Downsample)]
     assert len(downsamples) == 2 and not any(isinstance(m, Downsample) for m in pooled.modules())
     assert count_parameters(default) - count_parameters(pooled) == sum(count_parameters(d) for d in downsamples)
-    # what every level keeps as its skip and what it starts from
-    outs, ins = [], []
+    before, ins, convs = [pooled.stem], [], []
     for level in pooled.down:
-        level.blocks[-1].register_forward_hook(lambda _, __, out: outs.append(out))
+        level.blocks[-1].register_forward_hook(lambda _, __, out: before.append(out))
         level.blocks[0].register_forward_pre_hook(lambda _, args: ins.append(args[0]))
+    for m in pooled.modules():
+        if isinstance(m, nn.Conv2d) and m is not pooled.stem:
+            m.register_forward_pre_hook(lambda _, args: convs.append(args[0].shape[-1]))
+    outs = []
+    pooled.stem.register_forward_hook(lambda _, __, out: outs.append(out))
     x, t = inputs()
     with torch.no_grad():
         assert pooled(x, t, torch.tensor([1, 2, 3, 4])).shape == x.shape
-    assert [o.shape[-1] for o in outs] == [28, 14, 7]
-    for above, level_input in zip(outs, ins[1:]):
-        assert torch.equal(level_input, F.max_pool2d(above, 2, ceil_mode=True))
-    # odd sizes: 7 -> 4 and back
+    above = outs[:1] + before[1:]                         # the stem's output, then each level's
+    assert [i.shape[-1] for i in ins] == [14, 7, 4]
+    for a, level_input in zip(above, ins):
+        assert torch.equal(level_input, F.max_pool2d(a, 2, ceil_mode=True))
+    assert max(convs[:-1]) == 14                          # only the output convolution sees 28x28
     deeper = tiny(channel_mults=(1, 2, 2, 2), pool_first=True)
     with torch.no_grad():
         assert deeper(x, t, torch.tensor([1, 2, 3, 4])).shape == x.shape

@@ -23,13 +23,13 @@ Two lessons of the write-up are built in:
 
 ModelConfig switches, off in every preset, undo them to measure the write-up's "good bugs"
 (ddpmlab.studies.good_bugs trains the three side by side):
-- pool_first: between levels the down path is a 2x2 max pool (ceil_mode: 7 -> 4) instead of the
-  learned strided convolution, so every level after the first begins with pooling the output of
-  the level above. The skip is kept before the pool, so "pool at the end of level i" and "pool as
-  the first step of level i+1" are one computation. Level 0 does not pool: its blocks, skip and
-  the output stay at full resolution. (Pooling before level 0 too would be closer to "before any
-  convolutions", but here the stem convolves first anyway, and it would also remove the
-  full-resolution level and its skip -- a second change in the same experiment.)
+- pool_first: every level of the down path begins with a 2x2 max pool (ceil_mode: 7 -> 4), before
+  any convolution of that level has seen its input, and there is no learned downsampling: the
+  write-up's "pooling as first step in a Unet block", a block being the convolutions of one
+  resolution. Level 0 pools the stem's output too, so no level works at full resolution and the
+  skips are kept at half, quarter, ... of it; the up path returns to the first level's size and a
+  nearest-neighbour upsampling (no weights) brings the result back to the image's size for the
+  output convolution.
 - residual_inplace: right after a down level keeps its output h as its skip, the down path goes
   on with nn.SiLU(inplace=True)(h), the classic form of this bug (an in-place activation of a
   tensor kept elsewhere). skips[-1] is a reference to that same tensor, not a copy (what "tensors
@@ -106,16 +106,18 @@ class SelfAttention(nn.Module):
 
 
 class Level(nn.Module):
-    """The residual blocks of one resolution; `resample` (Downsample / Upsample, a max pool with
-    pool_first, or None) is applied by the UNet, after the blocks on the way down and before them
-    on the way up. `after_skip` (residual_inplace: an in-place SiLU; residual_control: the same out
+    """The residual blocks of one resolution; `resample` (Downsample / Upsample, or None) is applied
+    by the UNet, after the blocks on the way down and before them on the way up; `pool_first` (the
+    bug: a max pool) before the blocks on the way down. `after_skip` (residual_inplace: an in-place SiLU; residual_control: the same out
     of place) is applied on the way down to the tensor just kept as the skip."""
 
-    def __init__(self, blocks: list[ResBlock], resample: nn.Module | None, after_skip: nn.Module | None = None):
+    def __init__(self, blocks: list[ResBlock], resample: nn.Module | None, after_skip: nn.Module | None = None,
+                 pool_first: nn.Module | None = None):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.resample = resample
         self.after_skip = after_skip
+        self.pool_first = pool_first
 
 
 class UNet(nn.Module):
@@ -136,8 +138,8 @@ class UNet(nn.Module):
         def block(cin, cout):
             return ResBlock(cin, cout, cfg.norm, cond_dim, block_class_dim)
 
-        def downsample(ch):   # pool_first: a max pool that throws 3 of 4 values away, nothing learned
-            return nn.MaxPool2d(2, ceil_mode=True) if cfg.pool_first else Downsample(ch)
+        def downsample(ch):   # pool_first: no learned downsampling; each level pools first instead
+            return None if cfg.pool_first else Downsample(ch)
 
         widths = [cfg.channels * m for m in cfg.channel_mults]
         n_levels = len(widths)
@@ -150,7 +152,8 @@ class UNet(nn.Module):
             blocks = [block(ch if j == 0 else w, w) for j in range(cfg.blocks_per_level)]
             ch = w
             after_skip = nn.SiLU(inplace=True) if cfg.residual_inplace else nn.SiLU() if cfg.residual_control else None
-            self.down.append(Level(blocks, downsample(w) if i < n_levels - 1 else None, after_skip))
+            pool = nn.MaxPool2d(2, ceil_mode=True) if cfg.pool_first else None   # 3 of 4 values thrown away
+            self.down.append(Level(blocks, downsample(w) if i < n_levels - 1 else None, after_skip, pool))
         # middle, at the lowest resolution
         self.mid1 = block(ch, ch)
         self.attn = SelfAttention(ch) if cfg.attention else None
@@ -189,6 +192,8 @@ class UNet(nn.Module):
         # 3. down: convolve at each resolution, keep the skip, then downsample
         skips = []
         for level in self.down:
+            if level.pool_first is not None:
+                h = level.pool_first(h)                                              # (B, Ci, ceil(H/2), ...)
             for blk in level.blocks:
                 h = blk(h, cond, cemb)
             skips.append(h)   # safe to keep by reference: h is rebound below, never modified in place ...
@@ -209,5 +214,7 @@ class UNet(nn.Module):
             h = torch.cat([h, skip], dim=1)
             for blk in level.blocks:
                 h = blk(h, cond, cemb)
+        if h.shape[-2:] != (H, W):   # pool_first: the first level worked at half the size
+            h = F.interpolate(h, size=(H, W), mode="nearest")
         # 6. predicted noise
         return self.out(F.silu(self.out_norm(h, cond)))
