@@ -115,3 +115,22 @@ def test_confusion_counts_requested_against_seen():
     m = confusion(labels, preds)
     assert m.shape == (10, 10) and m.sum() == 6
     assert m[0, 0] == 1 and m[0, 1] == 1 and m[1, 1] == 1 and m[2, 0] == 2 and m[2, 2] == 1
+
+
+def test_with_several_training_seeds_the_measured_noise_decides():
+    """(b) on one seed: fd 1.3x better clears the fixed 1.15x threshold. With three seeds whose fds
+    scatter more than the means differ, the same gap is within the noise; with tight seeds it is
+    a difference again, and a gap the other way is "worse"."""
+    s = {p: {"final_loss": 0.1, "train_images": 1000} for p in ("resnet-noise", "resnet-spatial")}
+    r = {"resnet-noise": {"fd": 13.0, "precision": 0.5}, "resnet-spatial": {"fd": 10.0, "precision": 0.5}}
+    assert "better" in F.spatial_encoding(s, r).evidence and "--seeds" in F.spatial_encoding(s, r).caveat
+    noisy = {"resnet-noise": {"fd": [13.0, 8.0, 16.0]}, "resnet-spatial": {"fd": [10.0, 15.0, 7.0]}}
+    assert F.seed_verdict(noisy, "resnet-noise", "resnet-spatial", "fd", lower_is_better=True) == 0
+    f = F.spatial_encoding(s, r, noisy)
+    assert "within noise" in f.evidence and "over 3 training seeds" in f.evidence and f.caveat == ""
+    tight = {"resnet-noise": {"fd": [13.0, 13.2, 12.9]}, "resnet-spatial": {"fd": [10.0, 10.1, 9.9]}}
+    assert F.seed_verdict(tight, "resnet-noise", "resnet-spatial", "fd", lower_is_better=True) == 1
+    assert F.seed_verdict(tight, "resnet-spatial", "resnet-noise", "fd", lower_is_better=True) == -1
+    assert "better" in F.spatial_encoding(s, r, tight).evidence
+    assert F.seed_verdict({"resnet-noise": {"fd": [13.0]}, "resnet-spatial": {"fd": [10.0, 9.0]}},
+                          "resnet-noise", "resnet-spatial", "fd", lower_is_better=True) is None

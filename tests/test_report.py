@@ -3,6 +3,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from ddpmlab import cli, reproduce as R
 from ddpmlab.run import load_config, resolve_run
@@ -140,3 +141,21 @@ def test_report_of_a_shipped_model_draws_its_samples_and_process(tmp_path):
     assert title == "# ddpmlab report: fmnist (preset cpu)" and preset == "cpu"
     md = (tmp_path / "REPORT.md").read_text()
     assert f"{preset}-samples.png" in md and f"{preset}-process.png" in md
+
+
+def test_reproduce_with_two_seeds_reports_the_spread(tmp_path, tiny_budget):
+    """--seeds 2: every design is trained again from seed 1 (its own run directory, other weights),
+    scored alike, and the report gives each score's mean and spread across the seeds."""
+    from ddpmlab import checkpoint
+    presets = ["resnet-noise", "resnet-spatial"]
+    md = R.reproduce(tmp_path, "quick", presets=presets, progress=False, seeds=2)
+    for p in presets:
+        a = checkpoint.load_tensors(tmp_path / "runs" / p, "model.safetensors")
+        b = checkpoint.load_tensors(tmp_path / "runs" / f"{p}-seed1", "model.safetensors")
+        assert load_config(tmp_path / "runs" / f"{p}-seed1").train.seed == 1
+        assert any(not torch.equal(a[k], b[k]) for k in a)               # another initialisation
+    text = md.read_text()
+    spread = next(t for t in tables(text)["Results"] if t and "seeds" in t[0])
+    assert [(r["preset"], r["seeds"]) for r in spread] == [(p, "2") for p in presets]
+    assert all("+-" in r["fd"] for r in spread) and "reproduce --budget quick --seeds 2" in text
+    assert "over 2 training seeds" in text                                  # (b) decided by the measured noise

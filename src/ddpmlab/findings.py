@@ -5,13 +5,17 @@ evaluations (evaluate's result dicts), each run's metrics records, and the studi
 ddpmlab.studies writes into OUT/studies/*.json. Nothing here trains, samples or draws: each finding
 names the figures that decide it and `report` draws them.
 
-A difference counts only when it clears the noise of one evaluation: fd must differ by at least
-FD_CLEAR (a factor) and cond_acc by ACC_CLEAR. The seed-to-seed noise of training is not
-measured (one run per design); every verdict says so where it matters.
+With one training run per design, a difference counts only when it clears the noise of one
+evaluation: fd must differ by at least FD_CLEAR (a factor) and cond_acc by ACC_CLEAR. With several
+training seeds (`reproduce --seeds K`), the comparisons that decide (a), (b) and (e) count a
+difference only when it exceeds twice the standard error of the difference of the seed means:
+the noise of training, measured (seed_verdict).
 """
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +68,32 @@ def _fmt(v, spec=".2f"):
     return "-" if v is None else format(v, spec)
 
 
+def _values(spread: dict, preset: str, key: str) -> list:
+    return [v for v in (spread.get(preset) or {}).get(key, []) if v is not None]
+
+
+def seed_note(spread: dict, *presets, key: str = "fd", spec: str = ".2f") -> str:
+    """' (fd over 3 training seeds: 4.10 +- 0.21 vs 3.52 +- 0.30)', or '' with one seed."""
+    vals = [_values(spread, p, key) for p in presets]
+    if not all(len(v) > 1 for v in vals):
+        return ""
+    parts = [f"{statistics.mean(v):{spec}} +- {statistics.stdev(v):{spec}}" for v in vals]
+    return f" ({key} over {min(map(len, vals))} training seeds: {' vs '.join(parts)})"
+
+
+def seed_verdict(spread: dict, worse: str, better: str, key: str, lower_is_better: bool) -> int | None:
+    """With at least 2 training seeds of both presets: +1 when `better` beats `worse` on `key` by
+    more than twice the standard error of the difference of their means (the seed-to-seed noise
+    of training, measured), -1 when it loses by as much, 0 within that noise. None with fewer
+    seeds: the fixed thresholds decide then."""
+    a, b = _values(spread, worse, key), _values(spread, better, key)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    diff = statistics.mean(a) - statistics.mean(b) if lower_is_better else statistics.mean(b) - statistics.mean(a)
+    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+    return 1 if diff > 2 * se else -1 if diff < -2 * se else 0
+
+
 def read_studies(out: Path) -> dict:
     """name -> the JSON a study (ddpmlab.studies) wrote into OUT/studies/NAME.json (unreadable: skipped)."""
     studies = {}
@@ -75,7 +105,7 @@ def read_studies(out: Path) -> dict:
     return studies
 
 
-def noise_conditioning(s: dict, r: dict) -> Finding:
+def noise_conditioning(s: dict, r: dict, spread: dict | None = None) -> Finding:
     claim = "The noise level is not used at all [...] conditioning on the noise level (conditional BatchNorm)."
     b, n = s.get("resnet-basic"), s.get("resnet-noise")
     if not (b and n):
@@ -83,25 +113,28 @@ def noise_conditioning(s: dict, r: dict) -> Finding:
                        "needs resnet-basic and resnet-noise runs")
     loss_better = b["final_loss"] and n["final_loss"] and b["final_loss"] > n["final_loss"] * LOSS_CLEAR
     ratio = _ratio(_fd(r.get("resnet-basic")), _fd(r.get("resnet-noise")))
-    fd_better = ratio is not None and ratio >= FD_CLEAR
+    by_seeds = seed_verdict(spread or {}, "resnet-basic", "resnet-noise", "fd", lower_is_better=True)
+    fd_better = by_seeds == 1 if by_seeds is not None else (ratio is not None and ratio >= FD_CLEAR)
     verdict = REPRODUCED if loss_better and fd_better else PARTLY if (loss_better or fd_better) else NOT_REPRODUCED
     ev = (f"final epoch loss {b['final_loss']:.4f} without vs {n['final_loss']:.4f} with the noise level; "
           f"fd {_fmt(_fd(r.get('resnet-basic')))} vs {_fmt(_fd(r.get('resnet-noise')))}"
-          + (f" ({ratio:.1f}x)" if ratio else "") + f"; precision {_fmt(r.get('resnet-basic', {}).get('precision'), '.3f')}"
+          + (f" ({ratio:.1f}x)" if ratio else "") + seed_note(spread or {}, "resnet-basic", "resnet-noise")
+          + f"; precision {_fmt(r.get('resnet-basic', {}).get('precision'), '.3f')}"
           f" vs {_fmt(r.get('resnet-noise', {}).get('precision'), '.3f')}, on {n['train_images']:,} training images each")
     return Finding("a", claim, verdict, ev,
                    ["loss-basic-noise", "same-seeds-resnet"])
 
 
-def spatial_encoding(s: dict, r: dict) -> Finding:
+def spatial_encoding(s: dict, r: dict, spread: dict | None = None) -> Finding:
     claim = "Cartesian X/Y and polar coordinates added to the input, which maybe improves coherence."
     n, sp = r.get("resnet-noise"), r.get("resnet-spatial")
     if not (n and sp):
         return Finding("b", claim, NOT_MEASURED,
                        "needs evaluated resnet-noise and resnet-spatial runs")
     ratio = _ratio(_fd(n), _fd(sp))
-    fd_better = ratio is not None and ratio >= FD_CLEAR
-    fd_worse = ratio is not None and ratio <= 1 / FD_CLEAR
+    by_seeds = seed_verdict(spread or {}, "resnet-noise", "resnet-spatial", "fd", lower_is_better=True)
+    fd_better = by_seeds == 1 if by_seeds is not None else (ratio is not None and ratio >= FD_CLEAR)
+    fd_worse = by_seeds == -1 if by_seeds is not None else (ratio is not None and ratio <= 1 / FD_CLEAR)
     prec = (sp.get("precision") or 0) - (n.get("precision") or 0)
     pc_n, pc_s = n.get("per_pred_class_fd") or [], sp.get("per_pred_class_fd") or []
     wins = sum(1 for a, c in zip(pc_n, pc_s) if a is not None and c is not None and c * FD_CLEAR <= a)
@@ -114,11 +147,14 @@ def spatial_encoding(s: dict, r: dict) -> Finding:
         verdict = NOT_REPRODUCED
     ev = (f"fd {_fmt(_fd(n))} without vs {_fmt(_fd(sp))} with coordinates"
           + (f" ({'better' if fd_better else 'worse' if fd_worse else 'within noise'}, x{ratio:.2f})" if ratio else "")
+          + seed_note(spread or {}, "resnet-noise", "resnet-spatial")
           + f"; precision (fidelity) {n.get('precision', 0):.3f} vs {sp.get('precision', 0):.3f}; per-class fd "
           f"(samples grouped by the class the classifier sees) clearly better in {wins} of 10 classes, worse in {losses}")
     return Finding("b", claim, verdict, ev,
                    ["same-seeds-resnet", "per-class-fd-spatial"],
-                   "One training run per design: a difference this small can also be seed-to-seed noise of training.")
+                   "" if by_seeds is not None else
+                   "One training run per design: a difference this small can also be seed-to-seed noise of training "
+                   "(`ddpmlab reproduce --seeds 3` measures it).")
 
 
 def class_embedding(s: dict, r: dict) -> Finding:
@@ -179,7 +215,7 @@ def unet_input_two_classes(s: dict, r: dict, metrics: dict) -> Finding:
                    "The write-up's models trained ~20 epochs of 60k images; a failure that needs that long cannot show here.")
 
 
-def cbn_improves(s: dict, r: dict) -> Finding:
+def cbn_improves(s: dict, r: dict, spread: dict | None = None) -> Finding:
     claim = "Adding it [the class] as an input to the conditional batchnorm improves things."
     ui, uc = r.get("unet-input"), r.get("unet-cbn")
     if not (ui and uc) or ui.get("cond_acc") is None or uc.get("cond_acc") is None:
@@ -187,11 +223,18 @@ def cbn_improves(s: dict, r: dict) -> Finding:
                        "needs evaluated unet-input and unet-cbn")
     d_acc = uc["cond_acc"] - ui["cond_acc"]
     ratio = _ratio(_fd(ui), _fd(uc))
-    better = [d_acc >= ACC_CLEAR, ratio is not None and ratio >= FD_CLEAR]
-    worse = [d_acc <= -ACC_CLEAR, ratio is not None and ratio <= 1 / FD_CLEAR]
+    acc_seeds = seed_verdict(spread or {}, "unet-input", "unet-cbn", "cond_acc", lower_is_better=False)
+    fd_seeds = seed_verdict(spread or {}, "unet-input", "unet-cbn", "fd", lower_is_better=True)
+    if acc_seeds is not None and fd_seeds is not None:      # measured noise decides
+        better, worse = [acc_seeds == 1, fd_seeds == 1], [acc_seeds == -1, fd_seeds == -1]
+    else:
+        better = [d_acc >= ACC_CLEAR, ratio is not None and ratio >= FD_CLEAR]
+        worse = [d_acc <= -ACC_CLEAR, ratio is not None and ratio <= 1 / FD_CLEAR]
     verdict = (REPRODUCED if any(better) and not any(worse) else PARTLY if any(better) else NOT_REPRODUCED)
     ev = (f"cond_acc {ui['cond_acc']:.3f} (input only) vs {uc['cond_acc']:.3f} (+ conditional BatchNorm), fd "
-          f"{_fmt(_fd(ui))} vs {_fmt(_fd(uc))}, on the same {s['unet-cbn']['train_images']:,} images")
+          f"{_fmt(_fd(ui))} vs {_fmt(_fd(uc))}, on the same {s['unet-cbn']['train_images']:,} images"
+          + seed_note(spread or {}, "unet-input", "unet-cbn", key="cond_acc", spec=".3f")
+          + seed_note(spread or {}, "unet-input", "unet-cbn"))
     return Finding("e", claim, verdict, ev,
                    ["confusion-unets", "monitor-unets"])
 
@@ -292,8 +335,12 @@ def good_bugs(studies: dict) -> Finding:
                    ["study-good_bugs", "study-good_bugs-samples"])
 
 
-def all_findings(summaries: dict, results: dict, metrics: dict, studies: dict) -> list[Finding]:
-    return [noise_conditioning(summaries, results), spatial_encoding(summaries, results),
+def all_findings(summaries: dict, results: dict, metrics: dict, studies: dict,
+                 spread: dict | None = None) -> list[Finding]:
+    """spread: preset -> {"fd": [...], "cond_acc": [...]} over training seeds (`reproduce --seeds
+    K`); with 2 or more seeds of both sides, the comparisons of (a), (b) and (e) are decided by the
+    measured seed-to-seed noise instead of the fixed thresholds."""
+    return [noise_conditioning(summaries, results, spread), spatial_encoding(summaries, results, spread),
             class_embedding(summaries, results), unet_input_two_classes(summaries, results, metrics),
-            cbn_improves(summaries, results), unet_collapse(summaries, metrics, studies),
+            cbn_improves(summaries, results, spread), unet_collapse(summaries, metrics, studies),
             initialisation(studies), good_bugs(studies)]

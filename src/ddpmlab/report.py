@@ -295,16 +295,22 @@ def build(runs: list, out: Path, *, n: int = 1000, sampling: SamplingConfig | No
     if not run_dirs:
         raise ConfigError("report needs at least one run directory")
     fig_dir = out / "figures"
-    by_preset = {}
+    by_preset, replicas = {}, {}       # preset -> its first run; -> all its runs (training seeds)
     for d in run_dirs:
-        by_preset.setdefault(load_config(d).preset, d)
+        p = load_config(d).preset
+        by_preset.setdefault(p, d)
+        replicas.setdefault(p, []).append(d)
     summaries = {p: run_summary(d) for p, d in by_preset.items()}
-    results, sampled = {}, {}
+    results, sampled, spread = {}, {}, {}
     if evaluate:
         for p, d in by_preset.items():
             if summaries[p]["fashion"]:
                 sampled[p] = resolve_sampling(load_config(d), flags, d)
                 results[p] = cached_evaluate_run(d, n, sampling=sampled[p])[0]
+                if len(replicas[p]) > 1:    # the same design from other training seeds, scored alike
+                    rs = [results[p]] + [cached_evaluate_run(rd, n, sampling=resolve_sampling(load_config(rd), flags, rd))[0]
+                                         for rd in replicas[p][1:]]
+                    spread[p] = {"fd": [r["fd"] for r in rs], "cond_acc": [r.get("cond_acc") for r in rs]}
 
     if title is None:      # titled for what it shows; only `reproduce` regenerates the write-up
         names = [f"{r} (preset {p})" for r, p in zip(runs, [load_config(d).preset for d in run_dirs])]
@@ -319,17 +325,36 @@ def build(runs: list, out: Path, *, n: int = 1000, sampling: SamplingConfig | No
         blocks.append(Block("text", how_evaluated(n, sampled, results)))
     order = sorted(by_preset, key=lambda p: ORDER.index(p) if p in ORDER else len(ORDER))
     blocks.append(Block("table", header=RESULT_HEADER, rows=[result_row(summaries[p], results.get(p)) for p in order]))
+    if spread:
+        blocks += seed_blocks({p: spread[p] for p in order if p in spread})
     if evaluate:
         blocks += own_sampling_blocks({p: by_preset[p] for p in order if p in results}, sampled, n)
     blocks += timing_blocks(out)
     if evaluate:
         metrics = {p: read_metrics(d) for p, d in by_preset.items()}
-        blocks += findings_blocks(all_findings(summaries, results, metrics, read_studies(out)), by_preset, results,
+        blocks += findings_blocks(all_findings(summaries, results, metrics, read_studies(out), spread), by_preset, results,
                                   metrics, out, fig_dir, flags)
 
     for p in order:
         blocks += model_blocks(p, by_preset[p], summaries[p], fig_dir)
     return blocks
+
+
+def seed_blocks(spread: dict) -> list[Block]:
+    """The designs trained from several seeds: the mean and spread of their scores. The table above
+    shows the first seed's run."""
+    import statistics
+
+    def ms(values, spec):
+        v = [x for x in values if x is not None]
+        if len(v) < 2:
+            return "-"
+        return f"{statistics.mean(v):{spec}} +- {statistics.stdev(v):{spec}} ({min(v):{spec}}..{max(v):{spec}})"
+    rows = [[p, len(sp["fd"]), ms(sp["fd"], ".2f"), ms(sp["cond_acc"], ".3f")] for p, sp in spread.items()]
+    return [Block("text", "Across training seeds (the same design and data, the training seed changed; `reproduce "
+                          "--seeds K`): mean +- standard deviation (min..max). The findings below count a difference "
+                          "only when it exceeds twice the standard error of the difference of these means."),
+            Block("table", header=["preset", "seeds", "fd", "cond_acc"], rows=rows)]
 
 
 def own_sampling_blocks(by_preset: dict, sampled: dict, n: int) -> list[Block]:
