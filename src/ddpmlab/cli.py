@@ -219,6 +219,19 @@ def cmd_serve(args) -> None:
     serve(args.runs, host=args.host, port=args.port)
 
 
+def cmd_distill(args) -> None:
+    from .distill import distill
+    if args.resume:
+        overrides = {k: getattr(args, k) for k in ("minutes", "max_steps", "lr") if getattr(args, k) is not None}
+        result = distill(None, args.out, resume=True, progress=not args.quiet, **overrides)
+    else:
+        result = distill(args.run, args.out, method=args.method, steps=args.steps, progress=not args.quiet,
+                         minutes=args.minutes, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+                         seed=args.seed, device=args.device, precision=args.precision)
+    print(f"student {args.out}: {result['steps']} steps; sample it with `ddpmlab sample {args.out}` "
+          f"({args.steps if not args.resume else 'its'} network evaluations an image)")
+
+
 def cmd_study(args) -> None:
     from .budgets import WRITEUP_COLLAPSE
     from .studies import STUDIES
@@ -420,6 +433,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "count a difference only beyond the measured seed-to-seed noise (default: 1)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_reproduce)
+
+    p = sub.add_parser("distill", help="a few-step student of a trained run (consistency distillation)")
+    p.add_argument("run", nargs="?", help="the teacher: a run directory or shipped model name (not with --resume)")
+    p.add_argument("--out", required=True, help="the student's run directory")
+    p.add_argument("--method", default="cd", choices=("cd", "ect"),
+                   help="cd: from the teacher's guided ODE (its guidance distilled); ect: consistency tuning "
+                        "on the data alone (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=2, choices=(1, 2, 4), help="the student's default network "
+                   "evaluations an image (`sample --steps` chooses another; default: %(default)s)")
+    p.add_argument("--minutes", type=float, help="a wall-clock budget, planned as `train --minutes` plans it")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="default: 2e-4, decayed along a cosine to 1e-5")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--resume", action="store_true", help="go on with the student in --out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_distill)
 
     p = sub.add_parser("study", help="a finding's study at the write-up's own scale (hours; rerun to resume)")
     p.add_argument("name", choices=["collapse"], help="collapse: finding (f), the BatchNorm UNets for 25 epochs of 60k")

@@ -162,6 +162,38 @@ class Sampling:
         return k
 
 
+DISTILL_METHODS = ("cd", "ect")
+
+
+@dataclass
+class DistillConfig:
+    """How a few-step student was distilled from its teacher (config.json "distill", `ddpmlab
+    distill`). Both methods start from the teacher's weights and train the consistency function
+    f(x_t, t) -> x0 (diffusion.consistency_x0) on pairs of adjacent timesteps t > s of a log-SNR
+    grid whose size grows from n_min to n_max over the run (ECT's shrinking gap, Geng et al. 2024):
+      cd   consistency distillation (Song et al. 2023): x_s is one DDIM step of the teacher's ODE
+           from x_t, guided as the teacher samples (`guidance`), so the guidance is distilled;
+      ect  easy consistency tuning: x_s is the same image and noise at level s, no teacher; the
+           student learns the unguided ODE of the data.
+    The loss is the pseudo-Huber distance between f(x_t, t) and f(x_s, s) (the latter without
+    gradient), every pair weighed alike (the grid is uniform in log-SNR)."""
+    teacher: str                                # the teacher's run directory or shipped name
+    method: str = "cd"
+    n_min: int = 10                             # grid points at the start of the run
+    n_max: int = 80                             # and at its end
+    huber_c: float = 0.03                       # pseudo-Huber constant, in the images' [-1, 1] units
+    guidance: dict = field(default_factory=dict)   # cd: the teacher's resolved Sampling fields it is guided by
+    teacher_sha256: str = ""                    # of the teacher's ema.safetensors, for the record
+
+    def validate(self) -> "DistillConfig":
+        _check_choice("distill method", self.method, DISTILL_METHODS)
+        if not 2 <= self.n_min <= self.n_max:
+            raise ConfigError(f"distill needs 2 <= n_min <= n_max, got {self.n_min} and {self.n_max}")
+        if not self.huber_c > 0:
+            raise ConfigError(f"distill huber_c must be > 0, got {self.huber_c}")
+        return self
+
+
 def check_guidance_interval(value, name: str = "guidance_interval") -> list | None:
     """[t_lo, t_hi] as two ints with 0 <= t_lo <= t_hi, or None."""
     if value is None:

@@ -5,7 +5,7 @@ names without a circular import (diffusion imports config) and without loading t
 """
 
 # the samplers of diffusion.SAMPLERS, in that order (diffusion.py checks the two agree)
-SAMPLER_NAMES = ("ddpm", "ddim", "dpm++2m", "dpm++3m")
+SAMPLER_NAMES = ("ddpm", "ddim", "dpm++2m", "dpm++3m", "consistency")
 # the default of `sample`, `process`, `evaluate` and `report`: second order, 20 network
 # evaluations (docs/results.md: quality against the number of evaluations)
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm++2m", 20

@@ -361,7 +361,55 @@ def dpmpp_3m(denoise, schedule: Schedule, x: torch.Tensor, timesteps, *, noise=N
                             lower_order_final=lower_order_final)
 
 
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++2m": dpmpp_2m, "dpm++3m": dpmpp_3m}
+# The consistency function of a network (Song et al. 2023, eq. 7, in the VP form): f(x_t, t) =
+# c_skip(t) x_t + (1 - c_skip(t)) x0_net(x_t, t), with c_skip = s^2 / ((sigma_t - sigma_0)^2 + s^2)
+# and sigma_t = sqrt((1 - abar_t) / abar_t): exactly x_t at the smallest noise level (t = 0, the
+# boundary condition f(x, t_min) = x), and the network's own x0 prediction once sigma_t is a few
+# BOUNDARY_SIGMA above it. A diffusion model is therefore its own starting point: distillation
+# (`ddpmlab distill`) fine-tunes the teacher's weights into a student under this very function.
+BOUNDARY_SIGMA = 0.01
+
+
+def sigma_of(a: torch.Tensor) -> torch.Tensor:
+    """The noise-to-signal ratio sigma_t = sqrt((1 - abar_t) / abar_t) of abar_t (EDM's sigma)."""
+    return ((1 - a) / a).sqrt()
+
+
+def consistency_x0(schedule: Schedule, x: torch.Tensor, t: torch.Tensor, x0_net: torch.Tensor) -> torch.Tensor:
+    """f(x_t, t) from the network's x0 prediction at x_t (above): shapes (B, C, H, W), t (B,).
+    c_skip is computed in float64: near t = 0, 1 - abar_t in float32 keeps three digits."""
+    like = torch.empty((), dtype=torch.float64, device=x.device).expand(x.shape)
+    sigma = sigma_of(schedule.abar(t, like))
+    sigma_0 = sigma_of(schedule.abar(torch.zeros_like(t), like))
+    c_skip = (BOUNDARY_SIGMA ** 2 / ((sigma - sigma_0) ** 2 + BOUNDARY_SIGMA ** 2)).to(x.dtype)
+    return c_skip * x + (1 - c_skip) * x0_net
+
+
+def consistency(denoise, schedule: Schedule, x: torch.Tensor, timesteps, *, noise, clip: bool = True,
+                callback: Callable | None = None, eta: float = 0.0) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1): at each timestep the clean
+    image is the consistency function f(x_t, t) (`consistency_x0`): one network evaluation; before
+    the next timestep s the image is noised afresh to that level, x_s = sqrt(abar_s) x0 +
+    sqrt(1 - abar_s) z. One step is f(x_T, T). eta is unused (the re-noising is the stochasticity)."""
+    ts = list(timesteps)
+    for i, t in enumerate(ts):
+        tb = _t_batch(t, x)
+        _, x0 = _predict(denoise, schedule, x, tb, schedule.abar(tb, x))
+        x0 = consistency_x0(schedule, x, tb, x0)
+        if clip:
+            x0 = x0.clamp(-1, 1)
+        if i + 1 < len(ts):
+            a_next = schedule.abar(_t_batch(ts[i + 1], x), x)
+            x_next = a_next.sqrt() * x0 + (1 - a_next).sqrt() * noise(x.shape)
+        else:
+            x_next = x0
+        if callback is not None:
+            callback(i, t, x_next, x0)
+        x = x_next
+    return x
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++2m": dpmpp_2m, "dpm++3m": dpmpp_3m, "consistency": consistency}
 assert tuple(SAMPLERS) == SAMPLER_NAMES, "defaults.SAMPLER_NAMES must list diffusion.SAMPLERS"
 # DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_SPACING and SAMPLE_PRECISION live in defaults.py (imported above)
 

@@ -43,17 +43,22 @@ class RunConfig:
     train: C.TrainConfig
     sampling: C.SamplingConfig = field(default_factory=C.SamplingConfig)
     about: dict = field(default_factory=dict)   # what it was trained on, by what (describe_run)
+    distill: C.DistillConfig | None = None      # a few-step student: how it was distilled (`ddpmlab distill`)
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "preset": self.preset, "model": C.to_dict(self.model),
-                "diffusion": C.to_dict(self.diffusion), "train": C.to_dict(self.train),
-                "sampling": C.to_dict(self.sampling), "about": self.about}
+        d = {"format": FORMAT, "preset": self.preset, "model": C.to_dict(self.model),
+             "diffusion": C.to_dict(self.diffusion), "train": C.to_dict(self.train),
+             "sampling": C.to_dict(self.sampling), "about": self.about}
+        if self.distill is not None:
+            d["distill"] = C.to_dict(self.distill)
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "RunConfig":
         return cls(d["preset"], C.from_dict(C.ModelConfig, d["model"]),
                    C.from_dict(C.DiffusionConfig, d["diffusion"]), C.from_dict(C.TrainConfig, d["train"]),
-                   C.from_dict(C.SamplingConfig, d.get("sampling", {})), dict(d.get("about") or {}))
+                   C.from_dict(C.SamplingConfig, d.get("sampling", {})), dict(d.get("about") or {}),
+                   C.from_dict(C.DistillConfig, d["distill"]) if d.get("distill") else None)
 
     @property
     def class_names(self) -> tuple:

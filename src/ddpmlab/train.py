@@ -603,7 +603,11 @@ def loss_figure(tr: Trainer) -> None:
 
 
 def final_sampling(tr: Trainer) -> C.Sampling:
-    """The final figures' sampling: unguided, ddpmlab's default sampler, at least 10 steps."""
+    """The final figures' sampling: unguided, ddpmlab's default sampler, at least 10 steps; a
+    few-step student (consistency sampler) at its own steps."""
+    own = tr.rc.sampling
+    if own.sampler == "consistency":
+        return C.Sampling("consistency", own.steps or 1, spacing=own.spacing or "trailing")
     return C.Sampling(DEFAULT_SAMPLER, max(tr.rc.train.snapshot_steps, 10))
 
 
@@ -640,6 +644,12 @@ def train(run_dir, rc: RunConfig | None = None, *, resume: bool = False, data: I
           progress: bool = True, **overrides) -> dict:
     """Train a run. resume=True continues run_dir from its checkpoint; `overrides` (e.g.
     epochs=4, max_steps=None) then replace the saved training settings."""
+    return train_run(run_dir, rc, Trainer, resume=resume, data=data, progress=progress, **overrides)
+
+
+def train_run(run_dir, rc: RunConfig | None, trainer_class, *, resume: bool = False, data: ImageSet | None = None,
+              progress: bool = True, **overrides) -> dict:
+    """`train` with the trainer of one's choice (distill.Distiller: the same loop, another step)."""
     run_dir = Path(run_dir)
     if resume:
         if not checkpoint.exists(run_dir):
@@ -654,7 +664,7 @@ def train(run_dir, rc: RunConfig | None = None, *, resume: bool = False, data: I
         raise C.ConfigError("train needs a RunConfig (or resume=True)")
     elif checkpoint.exists(run_dir):
         raise C.ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    trainer = Trainer(run_dir, rc, data=data, progress=progress)
+    trainer = trainer_class(run_dir, rc, data=data, progress=progress)
     try:
         if resume:
             trainer.load()
