@@ -477,6 +477,7 @@ def main(argv=None) -> int:
     from .runtime import keep_freed_memory, set_progress
     keep_freed_memory()
     set_progress(not getattr(args, "quiet", False))
+    from .errors import error_line
     from .train import TrainingDiverged, TrainingInterrupted
     try:
         args.fn(args)
@@ -493,21 +494,6 @@ def main(argv=None) -> int:
         print(line, file=sys.stderr)
         return EXIT_USAGE
     return 0
-
-
-def error_line(e: BaseException) -> str | None:
-    """The one line a user sees for an error of their input or their disk (`ddpmlab: error: ...`,
-    exit 2), or None for one that is a bug and keeps its traceback. `serve` shows the same line."""
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .run import RunError
-    if isinstance(e, (C.ConfigError, DataError, RunError, CheckpointError)):
-        return f"ddpmlab: error: {e}"
-    if isinstance(e, OSError):     # a full disk, a read-only folder, ...: one line naming the file
-        import errno
-        why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-        return f"ddpmlab: error: {e.filename or '?'}: {why}"
-    return None
 
 
 if __name__ == "__main__":

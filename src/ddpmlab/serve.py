@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import error_line
+from .errors import error_line
 from .config import ConfigError, SamplingConfig
 from .defaults import SAMPLER_NAMES
 
