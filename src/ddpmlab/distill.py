@@ -26,7 +26,7 @@ from .diffusion import _t_batch, consistency_x0, guided_denoiser, make_timesteps
 from .run import RunConfig, load_config, load_model, resolve_run
 from .runtime import autocast
 from .sample import load_guide, resolve_sampling
-from .train import Trainer, cosine_lr, train_run
+from .train import Trainer, train_run
 
 log = logging.getLogger("ddpmlab.distill")
 
@@ -108,7 +108,7 @@ class Distiller(Trainer):
         return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
 
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
-        d, tc = self.rc.distill, self.rc.train
+        d = self.rc.distill
         x0 = to_model_range(self.images[idx])                               # (B, C, H, W) in [-1, 1]
         self._labels = self.labels[idx] if self.labels is not None and self.rc.model.num_classes else None
         ts = self.grid()
@@ -131,16 +131,7 @@ class Distiller(Trainer):
         huber = (diff.square().sum(1) + c * c).sqrt() - c                   # (B,) pseudo-Huber
         # every pair weighs the same: the grid is uniform in log-SNR, so are the gaps (iCT's 1 / (sigma_t -
         # sigma_s) would silence the top of a cosine schedule, where sigma reaches 2e4 and sampling starts)
-        loss = huber.mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        lr = cosine_lr(self.step, self.planned_steps(), tc.lr, tc.min_lr, tc.warmup_steps,
-                       self.clock.decay_from(self.step))
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        self.opt.step()
-        self.ema.update(self.model, self.step)
-        return loss.detach()
+        return self.optimizer_step(huber.mean())     # student_config's cosine schedule, Adam, the EMA
 
 
 def distill(teacher, out, *, method: str = "cd", steps: int = STUDENT_STEPS, resume: bool = False,

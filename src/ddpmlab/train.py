@@ -375,6 +375,11 @@ class Trainer(TrainingState):
         with autocast(self.device, self.precision):
             loss = loss_fn(self.ddp, self.schedule, x0, label, self.gen, weighting=tc.loss_weighting,
                            min_snr_gamma=tc.min_snr_gamma, t_sampling=tc.t_sampling, p_mean=tc.p_mean, p_std=tc.p_std)
+        return self.optimizer_step(loss)
+
+    def optimizer_step(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backward, the learning rate of this step, Adam, the EMA: what every step ends with."""
+        tc = self.rc.train
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.lr_schedule == "cosine":     # per step, from the step alone (resumes exactly)
