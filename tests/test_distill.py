@@ -2,19 +2,22 @@
 hand, the consistency sampler, a student that starts as its teacher, resumes bit-identically,
 is a run directory like any other and samples at one network evaluation a step."""
 import json
+import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from ddpmlab import checkpoint, cli
-from ddpmlab.config import ConfigError, DiffusionConfig, Sampling
+from ddpmlab.config import ConfigError, DiffusionConfig, DistillConfig, Sampling
 from ddpmlab.diffusion import (BOUNDARY_SIGMA, PerImageNoise, consistency, consistency_x0, count_nfe, make_schedule,
-                               model_output_to_eps_x0)
+                               make_timesteps, model_output_to_eps_x0)
 from ddpmlab.distill import Distiller, distill
 from ddpmlab.recipes import make_run_config
 from ddpmlab.run import load_config
 from ddpmlab.sample import load_run, resolve_sampling, sample
 from ddpmlab.train import TrainingInterrupted, train
+from test_report import tables
 
 COSINE_V = make_schedule(DiffusionConfig(schedule="cosine", prediction="v"))
 TINY_UNET = {"channels": 8, "channel_mults": (1, 2), "blocks_per_level": 1, "time_dim": 16, "class_dim": 8}
@@ -63,6 +66,25 @@ def test_consistency_sampler_by_hand():
     t2 = torch.full((2,), 499)
     want2 = consistency_x0(COSINE_V, x_mid, t2, model_output_to_eps_x0("v", x_mid, vnet(x_mid, t2), a2)[1]).clamp(-1, 1)
     torch.testing.assert_close(consistency(vnet, COSINE_V, x, [999, 499], noise=fresh), want2)
+
+
+@pytest.mark.parametrize("pairs", ["uniform", "lognormal"])
+def test_the_pairs_are_drawn_as_configured(pairs):
+    """lognormal: pair i of the grid as often as the mass N(p_mean, p_std) puts on log sigma between
+    its two timesteps, computed here with math.erf; uniform: every pair alike."""
+    d = DistillConfig("t", pairs=pairs, p_mean=-1.1, p_std=2.0).validate()
+    ts = make_timesteps(1000, 12, "logsnr", COSINE_V)
+    me = SimpleNamespace(rc=SimpleNamespace(distill=d), schedule=COSINE_V, gen=torch.Generator().manual_seed(0),
+                         device="cpu", pair_weights={})
+    draws = 20_000
+    counts = torch.bincount(torch.tensor([Distiller.pair(me, ts) for _ in range(draws)]), minlength=len(ts) - 1)
+    ls = COSINE_V.log_sigmas()
+    cdf = [0.5 * (1 + math.erf((float(ls[t]) + 1.1) / (2.0 * math.sqrt(2)))) for t in ts]
+    mass = torch.tensor([cdf[i] - cdf[i + 1] for i in range(len(ts) - 1)])
+    want = mass / mass.sum() if pairs == "lognormal" else torch.full((len(ts) - 1,), 1 / (len(ts) - 1))
+    torch.testing.assert_close(counts / draws, want.float(), atol=0.012, rtol=0)   # 4 sd of a share at 20k draws
+    if pairs == "lognormal":                      # the cosine schedule's all-noise top is rarely trained
+        assert counts[0] < 0.2 * draws / (len(ts) - 1)
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +143,18 @@ def test_a_student_is_a_run_like_any_other(tmp_path, teacher, fmnist_small, caps
                      "--quiet"]) == 0
     assert cli.main(["process", str(student), "--out", str(tmp_path / "p.png"), "--quiet"]) == 0
     assert (tmp_path / "p.png").is_file()
+    # the report shows the student as a model of its own, not as another training seed of its teacher
+    assert cli.main(["report", str(teacher), str(student), "--no-eval", "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    rows = tables((tmp_path / "r" / "REPORT.md").read_text())["Results"][0]
+    assert [r["preset"] for r in rows] == ["unet-block", "unet-block-cd"]
+    # an image does not depend on the batch it is drawn in: its noise, the re-noising between steps
+    # included, comes from its own seed (the kernels may round a batch of 6 differently from one of 3,
+    # so equal to float precision; another seed's images differ by order 1)
+    whole, _ = sample(run, 6, labels="all", steps=4, seed=5)
+    part, _ = sample(run, 3, labels="all", steps=4, seed=5)
+    other, _ = sample(run, 3, labels="all", steps=4, seed=6)
+    assert (whole[:3] - part).abs().max() < 1e-4
+    assert (other - part).abs().max() > 0.1
 
 
 def test_distill_errors_are_one_line(tmp_path, teacher, capsys):
@@ -130,5 +164,7 @@ def test_distill_errors_are_one_line(tmp_path, teacher, capsys):
     assert "not a distilled student" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="distill method"):
         distill(teacher, tmp_path / "y", method="pd", max_steps=2)
+    with pytest.raises(ConfigError, match="distill pairs"):
+        distill(teacher, tmp_path / "y", pairs="beta", max_steps=2)
     assert json.loads((teacher / "config.json").read_text()).get("distill") is None
     assert Sampling("consistency", 1).steps == 1

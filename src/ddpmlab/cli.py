@@ -225,7 +225,8 @@ def cmd_distill(args) -> None:
         overrides = {k: getattr(args, k) for k in ("minutes", "max_steps", "lr") if getattr(args, k) is not None}
         result = distill(None, args.out, resume=True, progress=not args.quiet, **overrides)
     else:
-        result = distill(args.run, args.out, method=args.method, steps=args.steps, progress=not args.quiet,
+        result = distill(args.run, args.out, method=args.method, steps=args.steps, pairs=args.pairs,
+                         progress=not args.quiet,
                          minutes=args.minutes, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, device=args.device, precision=args.precision)
     print(f"student {args.out}: {result['steps']} steps; sample it with `ddpmlab sample {args.out}` "
@@ -442,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "on the data alone (default: %(default)s)")
     p.add_argument("--steps", type=int, default=2, choices=(1, 2, 4), help="the student's default network "
                    "evaluations an image (`sample --steps` chooses another; default: %(default)s)")
+    p.add_argument("--pairs", default="lognormal", choices=("uniform", "lognormal"),
+                   help="which noise levels a step trains: each adjacent pair of the log-SNR grid alike, or as "
+                        "often as iCT's log-normal density of sigma puts between them (default: %(default)s)")
     p.add_argument("--minutes", type=float, help="a wall-clock budget, planned as `train --minutes` plans it")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", type=int)

@@ -163,6 +163,7 @@ class Sampling:
 
 
 DISTILL_METHODS = ("cd", "ect")
+DISTILL_PAIRS = ("uniform", "lognormal")
 
 
 @dataclass
@@ -176,17 +177,28 @@ class DistillConfig:
       ect  easy consistency tuning: x_s is the same image and noise at level s, no teacher; the
            student learns the unguided ODE of the data.
     The loss is the pseudo-Huber distance between f(x_t, t) and f(x_s, s) (the latter without
-    gradient), every pair weighed alike (the grid is uniform in log-SNR)."""
+    gradient), every pair weighed alike. Which pair a step trains (`pairs`):
+      uniform    each adjacent pair of the grid alike (the grid is uniform in log-SNR, so is sigma's log);
+      lognormal  a pair as often as a log-normal density of sigma (iCT's P_mean, P_std; Song & Dhariwal
+                 2023, sec. 3.5) puts between its two sigmas: most steps near sigma ~ 0.3, few where
+                 x_t is all noise (the cosine schedule's top, sigma up to 2e4) or nearly clean."""
     teacher: str                                # the teacher's run directory or shipped name
     method: str = "cd"
     n_min: int = 10                             # grid points at the start of the run
     n_max: int = 80                             # and at its end
     huber_c: float = 0.03                       # pseudo-Huber constant, in the images' [-1, 1] units
+    pairs: str = "uniform"                      # how a step's pair is drawn (above); a config.json
+                                                # without it was distilled before lognormal existed
+    p_mean: float = -1.1                        # lognormal: the mean and spread of log sigma (iCT's)
+    p_std: float = 2.0
     guidance: dict = field(default_factory=dict)   # cd: the teacher's resolved Sampling fields it is guided by
     teacher_sha256: str = ""                    # of the teacher's ema.safetensors, for the record
 
     def validate(self) -> "DistillConfig":
         _check_choice("distill method", self.method, DISTILL_METHODS)
+        _check_choice("distill pairs", self.pairs, DISTILL_PAIRS)
+        if not self.p_std > 0:
+            raise ConfigError(f"distill p_std must be > 0, got {self.p_std}")
         if not 2 <= self.n_min <= self.n_max:
             raise ConfigError(f"distill needs 2 <= n_min <= n_max, got {self.n_min} and {self.n_max}")
         if not self.huber_c > 0:

@@ -33,7 +33,8 @@ log = logging.getLogger("ddpmlab.distill")
 STUDENT_STEPS = 2           # the student's own default: 2 network evaluations an image
 
 
-def student_config(teacher, method: str = "cd", steps: int = STUDENT_STEPS, **train_overrides) -> RunConfig:
+def student_config(teacher, method: str = "cd", steps: int = STUDENT_STEPS, pairs: str = "lognormal",
+                   **train_overrides) -> RunConfig:
     """The student's run config: the teacher's network and diffusion; a fine-tuning recipe (Adam at
     a tenth of a training rate, cosine decay, no label dropout: the student needs no null label,
     its guidance is distilled); the consistency sampler as its sampling; how it is distilled."""
@@ -52,7 +53,7 @@ def student_config(teacher, method: str = "cd", steps: int = STUDENT_STEPS, **tr
     if not (train.minutes or train.max_steps):
         raise C.ConfigError("distill needs a length: --minutes M or --max-steps N")
     sampling = C.SamplingConfig(sampler="consistency", steps=steps, guidance=0.0, spacing="trailing").validate()
-    distill = C.DistillConfig(teacher=str(teacher), method=method, guidance=guidance,
+    distill = C.DistillConfig(teacher=str(teacher), method=method, guidance=guidance, pairs=pairs,
                               teacher_sha256=checkpoint.sha256(tdir, "ema.safetensors")).validate()
     return RunConfig(trc.preset, trc.model, trc.diffusion, train, sampling, {}, distill)
 
@@ -75,7 +76,7 @@ class Distiller(Trainer):
             self.guided = C.Sampling("ddim", 1, **g)
             if self.guided.autoguidance:
                 self.guide = load_guide(tdir, trc, self.device).requires_grad_(False)
-        self.grids = {}
+        self.grids, self.pair_weights = {}, {}
 
     def grid(self) -> list[int]:
         """The log-SNR grid of this step, from T-1 down to 0: n_min points at the start, n_max at
@@ -86,6 +87,17 @@ class Distiller(Trainer):
         if n not in self.grids:
             self.grids[n] = make_timesteps(self.schedule.T, n, "logsnr", self.schedule)
         return self.grids[n]
+
+    def pair(self, ts: list[int]) -> int:
+        """The index i of this step's pair (ts[i], ts[i+1]), drawn as DistillConfig.pairs says."""
+        d = self.rc.distill
+        if d.pairs == "uniform":
+            return int(torch.randint(len(ts) - 1, (1,), generator=self.gen, device=self.device))
+        if len(ts) not in self.pair_weights:      # the log-normal mass between each pair's two sigmas
+            ls = self.schedule.log_sigmas()[ts]
+            cdf = torch.special.ndtr((ls - d.p_mean) / d.p_std)
+            self.pair_weights[len(ts)] = (cdf[:-1] - cdf[1:]).float().to(self.device)
+        return int(torch.multinomial(self.pair_weights[len(ts)], 1, generator=self.gen))
 
     def f(self, net, x, tb):
         """The consistency function of `net` at (x_t, t) (diffusion.consistency_x0)."""
@@ -112,7 +124,7 @@ class Distiller(Trainer):
         x0 = to_model_range(self.images[idx])                               # (B, C, H, W) in [-1, 1]
         self._labels = self.labels[idx] if self.labels is not None and self.rc.model.num_classes else None
         ts = self.grid()
-        i = int(torch.randint(len(ts) - 1, (1,), generator=self.gen, device=self.device))
+        i = self.pair(ts)
         t, s = ts[i], ts[i + 1]                                             # t > s, adjacent on the grid
         noise = torch.randn(x0.shape, generator=self.gen, device=self.device)
         tb, sb = _t_batch(t, x0), _t_batch(s, x0)
@@ -134,12 +146,12 @@ class Distiller(Trainer):
         return self.optimizer_step(huber.mean())     # student_config's cosine schedule, Adam, the EMA
 
 
-def distill(teacher, out, *, method: str = "cd", steps: int = STUDENT_STEPS, resume: bool = False,
-            data: ImageSet | None = None, progress: bool = True, **train_overrides) -> dict:
+def distill(teacher, out, *, method: str = "cd", steps: int = STUDENT_STEPS, pairs: str = "lognormal",
+            resume: bool = False, data: ImageSet | None = None, progress: bool = True, **train_overrides) -> dict:
     """Distil `teacher` into a student at `out` (resume=True: go on with the one there; the
     overrides, e.g. minutes=90, then replace its saved training settings)."""
     out = Path(out)
-    rc = None if resume else student_config(teacher, method, steps, **train_overrides)
+    rc = None if resume else student_config(teacher, method, steps, pairs, **train_overrides)
     if resume:
         rc = load_config(out) if (out / "config.json").is_file() else None
         if rc is not None and rc.distill is None:

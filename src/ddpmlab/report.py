@@ -80,7 +80,7 @@ def run_summary(run_dir: Path) -> dict:
     for m in steps:
         seconds += (m["step"] - prev) * batch / max(m["img_per_s"], 1e-9)
         prev = m["step"]
-    return {"run": str(run_dir), "preset": rc.preset, "params": count_parameters(build_model(rc.model)),
+    return {"run": str(run_dir), "preset": design(rc), "params": count_parameters(build_model(rc.model)),
             "epochs": epochs[-1]["epoch"] if epochs else 0, "steps": last_step,
             "train_images": last_step * batch, "train_seconds": round(seconds, 1),
             "img_per_s": round(last_step * batch / seconds, 1) if seconds else None,
@@ -285,6 +285,12 @@ def how_evaluated(n: int, sampled: dict, results: dict) -> str:
                   "samples classified as the requested class. Class entropy in nats (uniform = 2.303).")
 
 
+def design(rc) -> str:
+    """What the report groups runs by: the preset, and for a distilled student its method too (a
+    student shares its teacher's preset but is another model, not another training seed of it)."""
+    return rc.preset if rc.distill is None else f"{rc.preset}-{rc.distill.method}"
+
+
 def build(runs: list, out: Path, *, n: int = 1000, sampling: SamplingConfig | None = None, evaluate: bool = True,
           title: str | None = None, intro: str = "") -> list[Block]:
     """The report's blocks. sampling: the flags every run is evaluated with, resolved against each
@@ -297,7 +303,7 @@ def build(runs: list, out: Path, *, n: int = 1000, sampling: SamplingConfig | No
     fig_dir = out / "figures"
     by_preset, replicas = {}, {}       # preset -> its first run; -> all its runs (training seeds)
     for d in run_dirs:
-        p = load_config(d).preset
+        p = design(load_config(d))
         by_preset.setdefault(p, d)
         replicas.setdefault(p, []).append(d)
     summaries = {p: run_summary(d) for p, d in by_preset.items()}
@@ -313,7 +319,7 @@ def build(runs: list, out: Path, *, n: int = 1000, sampling: SamplingConfig | No
                     spread[p] = {"fd": [r["fd"] for r in rs], "cond_acc": [r.get("cond_acc") for r in rs]}
 
     if title is None:      # titled for what it shows; only `reproduce` regenerates the write-up
-        names = [f"{r} (preset {p})" for r, p in zip(runs, [load_config(d).preset for d in run_dirs])]
+        names = [f"{r} (preset {p})" for r, p in zip(runs, [design(load_config(d)) for d in run_dirs])]
         title = f"ddpmlab report: {', '.join(map(str, names))}"
     blocks = [Block("heading", title, level=1)]
     if intro:
