@@ -220,7 +220,10 @@ def cmd_serve(args) -> None:
 
 
 def cmd_distill(args) -> None:
+    from pathlib import Path
+
     from .distill import distill
+    from .run import load_config
     if args.resume:
         overrides = {k: getattr(args, k) for k in ("minutes", "max_steps", "lr") if getattr(args, k) is not None}
         result = distill(None, args.out, resume=True, progress=not args.quiet, **overrides)
@@ -229,8 +232,9 @@ def cmd_distill(args) -> None:
                          progress=not args.quiet,
                          minutes=args.minutes, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, device=args.device, precision=args.precision)
+    nfe = load_config(Path(args.out)).sampling.steps       # the consistency sampler: one a step
     print(f"student {args.out}: {result['steps']} steps; sample it with `ddpmlab sample {args.out}` "
-          f"({args.steps if not args.resume else 'its'} network evaluations an image)")
+          f"({nfe} network evaluation{'s' if nfe != 1 else ''} an image)")
 
 
 def cmd_study(args) -> None:

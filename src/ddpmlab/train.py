@@ -600,11 +600,15 @@ def snapshots_and_collapse_scores(tr: Trainer) -> dict:
 
 
 def loss_figure(tr: Trainer) -> None:
-    d, t = tr.rc.diffusion, tr.rc.train
-    target = {"eps": "the noise", "v": "v", "x0": "the clean image"}[d.prediction]
-    weighting = f"min-SNR-{t.min_snr_gamma:g} weighted " if t.loss_weighting == "min-snr" else ""
-    plots.plot_loss(read_metrics(tr.run_dir), tr.run_dir / "loss.png", title=f"{tr.rc.preset}: training loss",
-                    ylabel=f"{weighting}MSE on {target}")
+    d, t, dist = tr.rc.diffusion, tr.rc.train, tr.rc.distill
+    if dist is not None:        # a student's loss compares two consistency functions (distill.py)
+        title = f"{tr.rc.preset}, {dist.method} student of {dist.teacher}: distillation loss"
+        ylabel = f"pseudo-Huber distance (c={dist.huber_c:g})"
+    else:
+        target = {"eps": "the noise", "v": "v", "x0": "the clean image"}[d.prediction]
+        weighting = f"min-SNR-{t.min_snr_gamma:g} weighted " if t.loss_weighting == "min-snr" else ""
+        title, ylabel = f"{tr.rc.preset}: training loss", f"{weighting}MSE on {target}"
+    plots.plot_loss(read_metrics(tr.run_dir), tr.run_dir / "loss.png", title=title, ylabel=ylabel)
 
 
 def final_sampling(tr: Trainer) -> C.Sampling:
