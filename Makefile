@@ -1,5 +1,6 @@
-# make demo: a tour of the shipped model: samples, generation process, evaluation, report.
-# The evaluation uses the model's own sampling settings (16 network evaluations per image).
+# make demo: a tour of the shipped models: samples, generation process, evaluation, report, for
+# fmnist at its own sampling settings (16 network evaluations per image) and beside it fmnist-fast,
+# its two-evaluation student (`ddpmlab distill`).
 # make test: the test suite.
 # Both need nothing preinstalled but Python 3.11: they create .venv, install the package, and get
 # FashionMNIST (scripts/get_data.sh); `make test` also gets a headless browser for the browser
@@ -28,9 +29,12 @@ browser:
 demo: data
 	$(DDPMLAB) sample fmnist --labels all --n 100 --grid $(DEMO)/samples.png --npz $(DEMO)/samples.npz
 	$(DDPMLAB) process fmnist --out $(DEMO)/process.png
+	$(DDPMLAB) sample fmnist-fast --labels all --n 100 --grid $(DEMO)/samples-fast.png --npz $(DEMO)/samples-fast.npz
+	$(DDPMLAB) process fmnist-fast --out $(DEMO)/process-fast.png
 	$(DDPMLAB) evaluate fmnist --n 1000 --out $(DEMO)/eval.json
-	$(DDPMLAB) report fmnist --n 1000 --out $(DEMO)/report
-	@echo "demo done: look at $(DEMO)/samples.png, $(DEMO)/process.png, $(DEMO)/eval.json and $(DEMO)/report/report.html"
+	$(DDPMLAB) evaluate fmnist-fast --n 1000 --out $(DEMO)/eval-fast.json
+	$(DDPMLAB) report fmnist fmnist-fast --n 1000 --out $(DEMO)/report
+	@echo "demo done: look at $(DEMO)/samples.png beside $(DEMO)/samples-fast.png, $(DEMO)/process.png beside $(DEMO)/process-fast.png, $(DEMO)/eval.json, $(DEMO)/eval-fast.json and $(DEMO)/report/report.html"
 	@echo "to play with the models in a browser: $(DDPMLAB) serve   (it prints the address, 127.0.0.1 only)"
 
 test: data browser

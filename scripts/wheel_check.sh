@@ -22,6 +22,7 @@ mkdir "$WORK/user" && cd "$WORK/user"
 "$WORK/venv/bin/ddpmlab" evaluate s.npz --quiet
 "$WORK/venv/bin/ddpmlab" sample fmnist --n 4 --steps 4 --quiet      # no --grid/--npz: into the current folder
 "$WORK/venv/bin/ddpmlab" process fmnist --steps 4 --quiet           # no --out: into the current folder
+"$WORK/venv/bin/ddpmlab" sample fmnist-fast --n 8 --npz fast.npz --quiet  # the two-step student
 find "$PKG" -type f -not -name '*.pyc' | sort > "$WORK/after.txt"
 if ! diff <(grep -v '\.pyc$' "$WORK/before.txt") "$WORK/after.txt"; then
     echo "wheel check: files were written into the installed package $PKG"; exit 1

@@ -82,3 +82,22 @@ def test_the_shipped_model_carries_its_autoguidance_network(tmp_path):
     (copy / "guide" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="its diffusion .* differs from the run's"):
         sample(load_run(copy, device="cpu"), 2)
+
+
+def test_the_shipped_student_draws_the_labels_it_is_given_in_two_evaluations():
+    """fmnist-fast is fmnist distilled (`ddpmlab distill`): the consistency sampler at 2 steps, one
+    network evaluation each, the teacher's guidance in its weights; it names the teacher it was
+    distilled from by the hash of the weights shipped beside it."""
+    from ddpmlab import checkpoint
+    from ddpmlab.diffusion import count_nfe
+    from ddpmlab.sample import resolve_sampling
+    run = load_run("fmnist-fast", device="cpu", precision="fp32")
+    s = resolve_sampling(run.config, run_dir=run.path)
+    assert (s.sampler, s.steps, s.guidance, s.autoguidance) == ("consistency", 2, 0.0, 0.0)
+    assert count_nfe(run.schedule, s) == 2
+    d = run.config.distill
+    assert d.teacher == "fmnist" and d.teacher_sha256 == checkpoint.sha256(load_run("fmnist").path, "ema.safetensors")
+    for steps in (1, 2):
+        x, y = sample(run, 40, labels="all", steps=steps)
+        _, logits = predict(load_classifier(PRETRAINED), to_uint8(x))
+        assert (logits.argmax(1) == y).float().mean() >= 0.85

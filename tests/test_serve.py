@@ -118,7 +118,7 @@ def test_training_view_and_cached_evaluation(tmp_path):
     S = serve()
     run = a_run_with_snapshots(tmp_path)
     listed = S.find_runs([], runs_dir=tmp_path)              # no RUN given: the shipped models, then RUNS_DIR/*
-    assert list(listed.values()) == ["fmnist", "fmnist-v1", str(run)]
+    assert list(listed.values()) == ["fmnist", "fmnist-fast", "fmnist-v1", str(run)]
     view = S.training_view(str(run), tmp_path / "work")
     assert list(view["snapshots"]) == [1, 2] and view["loss"] is not None and view["monitor"] is not None
     assert view["table"].count("\n| ") >= 2                            # a row per epoch of metrics.jsonl

@@ -15,7 +15,7 @@ import importlib
 import sys
 import types
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # name -> the module that defines it
 _WHERE = {
