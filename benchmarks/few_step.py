@@ -1,7 +1,8 @@
 """Few-step students against their teacher, in one run: quality at equal network evaluations (NFE),
 quality against CPU-minutes of distillation, and the time to draw 1000 images.
-Takes: under a minute per evaluation of 10,000 samples at 1-4 NFE, about 2.5 at 16, on 2 cores;
-the default 3 seeds of the whole table at n=10000 run about 35 minutes.
+Takes, per evaluation of 10,000 samples on 2 cores: on the AVX2 CPU in fp32, about 33 s of
+sampling per network evaluation an image plus 25 s of scoring (1.5 minutes at 2 NFE, 9 at 16);
+on an AVX512-BF16 CPU about a quarter of the sampling. The run in docs/results.md took an hour.
 
     .venv/bin/python benchmarks/few_step.py [--teacher fmnist] --student NAME=DIR [--student ...]
         [--curve METHOD=MINUTES:DIR,MINUTES:DIR,...] [--curve-steps 1,2,4] [--n 10000] [--seeds 0,1,2]
