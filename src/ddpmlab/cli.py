@@ -442,12 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="a few-step student of a trained run (consistency distillation)")
     p.add_argument("run", nargs="?", help="the teacher: a run directory or shipped model name (not with --resume)")
     p.add_argument("--out", required=True, help="the student's run directory")
-    p.add_argument("--method", default="cd", choices=("cd", "ect"),
+    p.add_argument("--method", default="cd", choices=C.DISTILL_METHODS,
                    help="cd: from the teacher's guided ODE (its guidance distilled); ect: consistency tuning "
                         "on the data alone (default: %(default)s)")
     p.add_argument("--steps", type=int, default=2, choices=(1, 2, 4), help="the student's default network "
                    "evaluations an image (`sample --steps` chooses another; default: %(default)s)")
-    p.add_argument("--pairs", default="lognormal", choices=("uniform", "lognormal"),
+    p.add_argument("--pairs", default="lognormal", choices=C.DISTILL_PAIRS,
                    help="which noise levels a step trains: each adjacent pair of the log-SNR grid alike, or as "
                         "often as iCT's log-normal density of sigma puts between them (default: %(default)s)")
     p.add_argument("--minutes", type=float, help="a wall-clock budget, planned as `train --minutes` plans it")

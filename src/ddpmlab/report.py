@@ -301,9 +301,9 @@ def build(runs: list, out: Path, *, n: int = 1000, sampling: SamplingConfig | No
     if not run_dirs:
         raise ConfigError("report needs at least one run directory")
     fig_dir = out / "figures"
+    designs = [design(load_config(d)) for d in run_dirs]
     by_preset, replicas = {}, {}       # preset -> its first run; -> all its runs (training seeds)
-    for d in run_dirs:
-        p = design(load_config(d))
+    for d, p in zip(run_dirs, designs):
         by_preset.setdefault(p, d)
         replicas.setdefault(p, []).append(d)
     summaries = {p: run_summary(d) for p, d in by_preset.items()}
@@ -319,7 +319,7 @@ def build(runs: list, out: Path, *, n: int = 1000, sampling: SamplingConfig | No
                     spread[p] = {"fd": [r["fd"] for r in rs], "cond_acc": [r.get("cond_acc") for r in rs]}
 
     if title is None:      # titled for what it shows; only `reproduce` regenerates the write-up
-        names = [f"{r} (preset {p})" for r, p in zip(runs, [design(load_config(d)) for d in run_dirs])]
+        names = [f"{r} (preset {p})" for r, p in zip(runs, designs)]
         title = f"ddpmlab report: {', '.join(map(str, names))}"
     blocks = [Block("heading", title, level=1)]
     if intro:
